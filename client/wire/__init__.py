@@ -1,0 +1,1 @@
+"""Generated protobuf / gRPC code for proto/replog.proto (regenerate with proto/generate.sh)."""

@@ -1,0 +1,1 @@
+"""replog test suite; `python -m tests` runs lint, types and pytest."""
