@@ -1,0 +1,277 @@
+"""This broker's replica of the metadata group: proposals, forwarding, linearizable reads.
+
+Owns: proposal waiters (resolved when the command is applied), ReadIndex barriers, forwarding a
+command to the metadata leader when this replica is not it. The state machine itself
+(metadata.MetadataState) is pure; every replica applies the same commands in log order.
+A result travels between brokers as JSON: ``{"index": i, "result": ...}`` or ``{"error": {...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from metadata import commands as mcmd
+from metadata.errors import MetadataError
+from metadata.state import MetadataState
+from raft.errors import NotLeader, ProposalDropped
+from raft.rawnode import RawNode
+from raft.storage import DurableLog
+from raft.types import Entry, EntryType, ReadState, Role, Snapshot, SoftState
+from server.errors import BrokerError, not_leader, timed_out
+
+Forwarder = Callable[[int, bytes], Awaitable[bytes]]
+
+
+def result_to_json(obj: object) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: result_to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [result_to_json(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): result_to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (frozenset, set)):
+        return sorted(obj)
+    return str(obj)
+
+
+def error_to_json(exc: BaseException) -> dict[str, Any]:
+    fields = {k: str(v) for k, v in vars(exc).items() if not k.startswith("_")}
+    return {"class": type(exc).__name__, "message": str(exc), "fields": fields}
+
+
+class ForwardedError(Exception):
+    """A metadata error raised on the leader, carried back to this broker by class name."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        super().__init__(payload.get("message", "metadata error"))
+        for k, v in payload.get("fields", {}).items():
+            setattr(self, k, v)
+
+
+def _forwarded_class(name: str) -> type[ForwardedError]:
+    # A subclass named like the leader's error so server.errors maps it to the same code.
+    return type(name, (ForwardedError,), {})
+
+
+class MetadataReplica:
+    def __init__(
+        self,
+        *,
+        node: RawNode,
+        log: DurableLog,
+        state: MetadataState,
+        touch: Callable[[int], None],
+        forward: Forwarder,
+        leader_address: Callable[[int], str],
+        on_change: Callable[[], None],
+        logger: Any,
+        group_id: int,
+    ) -> None:
+        self.node = node
+        self.log = log
+        self.state = state
+        self.group_id = group_id
+        self._touch = touch
+        self._forward = forward
+        self._leader_address = leader_address
+        self._on_change = on_change
+        self._log = logger
+        self.role = Role.FOLLOWER
+        self.leader_id = 0
+        self.term = 0
+        self._waiters: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
+        self._ctx = itertools.count(1)
+        self.leader_changed = asyncio.Event()
+        self.stopped: BaseException | None = None
+        self.applied_since_snapshot = 0
+
+    # ------------------------------------------------------------------ runtime callbacks
+    def on_log_append(self, entries: Sequence[Entry]) -> None:
+        pass
+
+    def on_persisted(self, last_index: int) -> None:
+        pass
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        self.state = MetadataState.restore(snapshot.data)
+        self._on_change()
+
+    def on_soft_state(self, soft: SoftState, term: int) -> None:
+        self.role, self.leader_id, self.term = soft.role, soft.leader_id, term
+        self.leader_changed.set()
+        self.leader_changed = asyncio.Event()
+        self._log.info(
+            "metadata_leader_changed", leader_id=soft.leader_id, term=term, role=soft.role.name
+        )
+        if soft.role != Role.LEADER:
+            # Pending ReadIndex requests die with the leader they were sent to: retry elsewhere.
+            for fut in self._read_waiters.values():
+                if not fut.done():
+                    fut.set_exception(self._not_leader())
+            self._read_waiters.clear()
+
+    def on_read_states(self, read_states: Sequence[ReadState]) -> None:
+        for rs in read_states:
+            fut = self._read_waiters.pop(rs.context, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        changed = False
+        for entry in entries:
+            result: Any = None
+            error: BaseException | None = None
+            # Every entry advances the state's applied index; a conf change or the leader's
+            # no-op is applied as an empty entry (membership is the Raft core's business).
+            data = entry.data if entry.type == EntryType.NORMAL else b""
+            try:
+                result = self.state.apply(entry.index, data)
+                changed = changed or bool(data)
+            except MetadataError as exc:
+                error = exc
+                changed = True
+            waiter = self._waiters.pop(entry.index, None)
+            if waiter is not None and not waiter[1].done():
+                term, fut = waiter
+                if entry.term != term:
+                    fut.set_exception(self._not_leader())
+                elif error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
+        self.applied_since_snapshot += len(entries)
+        applied = entries[-1].index if entries else 0
+        if self._applied_waiters:
+            keep = []
+            for idx, fut in self._applied_waiters:
+                if idx <= applied:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((idx, fut))
+            self._applied_waiters = keep
+        if changed:
+            self._on_change()
+
+    def on_stopped(self, reason: BaseException | None) -> None:
+        self.stopped = reason
+        for _t, fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(BrokerError("INTERNAL", f"metadata replica stopped: {reason}"))
+
+    # ------------------------------------------------------------------ proposals
+    def _not_leader(self) -> BrokerError:
+        leader = self.leader_id if self.leader_id != self.node.raft.id else 0
+        return not_leader(
+            "the metadata group", leader, self._leader_address(leader) if leader else ""
+        )
+
+    @property
+    def applied_index(self) -> int:
+        return self.state.applied_index
+
+    async def wait_applied(self, index: int, timeout_s: float) -> None:
+        if self.state.applied_index >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, fut))
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            raise timed_out(f"waiting for metadata index {index}") from None
+
+    async def propose_local(self, data: bytes, timeout_s: float) -> tuple[int, Any]:
+        """Propose on this replica (must be the leader); returns (index, apply result)."""
+        if self.role != Role.LEADER:
+            raise self._not_leader()
+        try:
+            index = self.node.propose(data)
+        except NotLeader:
+            raise self._not_leader() from None
+        except ProposalDropped as exc:
+            raise BrokerError(
+                "LEADER_NOT_AVAILABLE", f"metadata: {exc.reason}", retriable=True
+            ) from None
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[index] = (self.node.raft.term, fut)
+        self._touch(self.group_id)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            raise timed_out("metadata proposal") from None
+        return index, result
+
+    async def propose(self, cmd: object, timeout_s: float = 10.0) -> Any:
+        """Propose a command wherever the leader is; waits until applied HERE too, so a read
+        on this broker right after sees the change. Returns the apply result (JSON form when it
+        was applied by a forwarded leader)."""
+        data = mcmd.encode(cmd)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        delay = 0.02
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise timed_out("metadata proposal")
+            try:
+                if self.role == Role.LEADER:
+                    _index, result = await self.propose_local(data, remaining)
+                    return result
+                if self.leader_id == 0:
+                    raise self._not_leader()
+                raw = await self._forward(self.leader_id, data)
+                reply = json.loads(raw)
+                if "error" in reply:
+                    raise _forwarded_class(reply["error"]["class"])(reply["error"])
+                await self.wait_applied(int(reply["index"]), max(0.01, deadline - loop.time()))
+                return reply["result"]
+            except BrokerError as exc:
+                if not exc.retriable:
+                    raise
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 2, 0.5)
+
+    async def handle_forwarded(self, data: bytes, timeout_s: float) -> bytes:
+        """Leader side of ForwardMetadata."""
+        try:
+            mcmd.decode(data)
+        except MetadataError as exc:
+            return json.dumps({"error": error_to_json(exc)}).encode()
+        try:
+            index, result = await self.propose_local(data, timeout_s)
+        except MetadataError as exc:
+            return json.dumps({"error": error_to_json(exc)}).encode()
+        return json.dumps({"index": index, "result": result_to_json(result)}).encode()
+
+    async def barrier(self, timeout_s: float = 5.0) -> None:
+        """Linearizable read barrier (ReadIndex): afterwards this replica's state reflects every
+        change committed before the call."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise timed_out("metadata read barrier")
+            ctx = f"{self.node.raft.id}:{next(self._ctx)}".encode()
+            fut: asyncio.Future[int] = loop.create_future()
+            self._read_waiters[ctx] = fut
+            self.node.read_index(ctx)
+            self._touch(self.group_id)
+            try:
+                index = await asyncio.wait_for(fut, min(remaining, 1.0))
+            except (TimeoutError, BrokerError):
+                self._read_waiters.pop(ctx, None)
+                await asyncio.sleep(0.02)
+                continue
+            await self.wait_applied(index, max(0.01, deadline - loop.time()))
+            return

@@ -1,0 +1,241 @@
+"""The ready loop: drives every Raft group hosted by this broker on one asyncio event loop.
+
+Owns: the set of groups, ticking, the per-turn Ready pipeline, the fsync thread, failure isolation.
+One loop turn (STYLE.md "The runtime"):
+  1. take a Ready from every group that was touched (stepped, ticked, proposed to) since last turn;
+  2. write its snapshot / entries / hard state to the group's log (buffered writes, no fsync yet) and
+     hand its safe messages to the transport; the transport sends ONE batch per peer for all groups;
+  3. fsync every log written in this turn in the fsync thread — one wait covers every group (group
+     commit across groups); the loop keeps serving requests meanwhile;
+  4. report ``on_persisted`` (which releases votes / append acks the core held back), apply committed
+     entries, ``advance_apply``; groups that have more to do are touched again.
+A group whose invariants break (InvariantViolation, StorageCorruption) is stopped and reported; the
+broker keeps serving the others.
+Never: block the loop on the disk or a peer; send a message the core has not released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from raft.errors import InvariantViolation, StorageCorruption
+from raft.rawnode import RawNode
+from raft.storage import DurableLog
+from raft.types import Entry, Message, ReadState, Ready, Snapshot, SoftState
+from server.transport import PeerTransport
+
+
+class Replica(Protocol):
+    """What a group's state machine glue (partition or metadata) offers the runtime."""
+
+    def on_log_append(self, entries: Sequence[Entry]) -> None: ...
+    def on_snapshot(self, snapshot: Snapshot) -> None: ...
+    def on_soft_state(self, soft: SoftState, term: int) -> None: ...
+    def apply(self, entries: Sequence[Entry]) -> None: ...
+    def on_persisted(self, last_index: int) -> None: ...
+    def on_read_states(self, read_states: Sequence[ReadState]) -> None: ...
+    def on_stopped(self, reason: BaseException | None) -> None: ...
+
+
+class Group:
+    __slots__ = ("failed", "group_id", "last_persisted_index", "log", "node", "replica")
+
+    def __init__(self, group_id: int, node: RawNode, log: DurableLog, replica: Replica) -> None:
+        self.group_id = group_id
+        self.node = node
+        self.log = log
+        self.replica = replica
+        self.failed: BaseException | None = None
+        self.last_persisted_index = 0
+
+
+def _sync_logs(logs: list[DurableLog]) -> None:
+    for log in logs:
+        log.sync()
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        tick_ms: int,
+        fsync: bool,
+        transport: PeerTransport,
+        log: Any,
+        seed: int | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.tick_s = tick_ms / 1000
+        self.fsync = fsync
+        self.transport = transport
+        self.rng = random.Random(seed if seed is not None else time.time_ns() ^ node_id)
+        self.groups: dict[int, Group] = {}
+        self._touched: set[int] = set()
+        self._wake = asyncio.Event()
+        self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._log = log
+        self._running = False
+        self.turns = 0
+        self.fsync_passes = 0
+        self.on_turn_end: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ groups
+    def add_group(self, group: Group) -> None:
+        self.groups[group.group_id] = group
+        self.touch(group.group_id)
+
+    def remove_group(self, group_id: int) -> Group | None:
+        group = self.groups.pop(group_id, None)
+        self._touched.discard(group_id)
+        return group
+
+    def touch(self, group_id: int) -> None:
+        self._touched.add(group_id)
+        self._wake.set()
+
+    def step(self, group_id: int, msg: Message) -> None:
+        group = self.groups.get(group_id)
+        if group is None or group.failed is not None:
+            return  # unknown group (not created here yet, or deleted): Raft retransmits
+        try:
+            group.node.step(msg)
+        except (InvariantViolation, StorageCorruption) as exc:
+            self._fail(group, exc)
+            return
+        self._touched.add(group_id)
+        self._wake.set()
+
+    def report_unreachable(self, peer_id: int, group_ids: set[int]) -> None:
+        for gid in group_ids:
+            group = self.groups.get(gid)
+            if group is not None and group.failed is None:
+                group.node.report_unreachable(peer_id)
+                self._touched.add(gid)
+        self._wake.set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._running = True
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._ticker(), name="raft-ticker"))
+        self._tasks.append(loop.create_task(self._ready_loop(), name="raft-ready-loop"))
+
+    async def stop(self) -> None:
+        self._running = False
+        self._wake.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._fsync_pool.shutdown(wait=True)
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while self._running:
+            next_at += self.tick_s
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                next_at = loop.time()  # fell behind: don't burst ticks to catch up
+            for gid, group in self.groups.items():
+                if group.failed is None:
+                    group.node.tick()
+                    self._touched.add(gid)
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        while self._running:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.run_turn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in the loop itself: log loudly, keep serving
+                self._log.exception("ready_loop_error", error=repr(exc))
+
+    # ------------------------------------------------------------------ one turn
+    async def run_turn(self) -> None:
+        self.turns += 1
+        touched, self._touched = self._touched, set()
+        taken: list[tuple[Group, Ready]] = []
+        to_sync: list[DurableLog] = []
+        for gid in touched:
+            group = self.groups.get(gid)
+            if group is None or group.failed is not None:
+                continue
+            try:
+                if not group.node.has_ready():
+                    continue
+                rd = group.node.ready()
+                self._write(group, rd)
+            except (InvariantViolation, StorageCorruption) as exc:
+                self._fail(group, exc)
+                continue
+            for msg in rd.messages:
+                self.transport.enqueue(gid, msg)
+            taken.append((group, rd))
+            if rd.must_sync or rd.entries or rd.snapshot is not None:
+                to_sync.append(group.log)
+        self.transport.flush()
+        if not taken:
+            return
+        if to_sync and self.fsync:
+            self.fsync_passes += 1
+            await asyncio.get_running_loop().run_in_executor(self._fsync_pool, _sync_logs, to_sync)
+        for group, rd in taken:
+            if group.failed is not None:
+                continue
+            try:
+                group.node.on_persisted(rd.number)
+                if rd.entries:
+                    group.last_persisted_index = rd.entries[-1].index
+                    group.replica.on_persisted(rd.entries[-1].index)
+                if rd.committed_entries:
+                    group.replica.apply(rd.committed_entries)
+                    group.node.advance_apply(rd.committed_entries[-1].index)
+                if rd.read_states:
+                    group.replica.on_read_states(rd.read_states)
+                if group.node.has_ready():
+                    self._touched.add(group.group_id)
+            except (InvariantViolation, StorageCorruption) as exc:
+                self._fail(group, exc)
+        if self._touched:
+            self._wake.set()
+        for hook in self.on_turn_end:
+            hook()
+
+    def _write(self, group: Group, rd: Ready) -> None:
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            group.log.apply_snapshot(rd.snapshot)
+            group.replica.on_snapshot(rd.snapshot)
+        if rd.entries:
+            group.log.append(rd.entries)
+            group.replica.on_log_append(rd.entries)
+        if rd.hard_state is not None:
+            group.log.save_hard_state(rd.hard_state)
+        if rd.soft_state is not None:
+            group.replica.on_soft_state(rd.soft_state, group.node.raft.term)
+
+    def _fail(self, group: Group, exc: BaseException) -> None:
+        group.failed = exc
+        self._log.error(
+            "group_failed", group_id=group.group_id, error=str(exc), kind=type(exc).__name__
+        )
+        with contextlib.suppress(Exception):
+            group.replica.on_stopped(exc)
+
+
+def new_rng(runtime: Runtime) -> random.Random:
+    return random.Random(runtime.rng.getrandbits(64))

@@ -1,0 +1,367 @@
+"""gRPC services: the client API (``Replog``) and broker-to-broker (``Peer``).
+
+Owns: request validation, translating requests into broker operations and results into responses.
+Every handler converts failures with server.errors.abort_with, so a malformed request gets a typed
+error and the broker keeps serving; nothing here raises out of a handler unhandled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from client.wire import replog_pb2 as pb
+from client.wire import replog_pb2_grpc as pb_grpc
+from metadata import commands as mcmd
+from metadata.state import Topic
+from raft.types import Role
+from server.codec import MalformedPeerMessage, message_from_proto
+from server.errors import BrokerError, abort_with, invalid_request, not_leader
+from server.transport import PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    from server.broker import Broker
+
+MAX_FETCH_BYTES = 16 << 20
+# Exceptions that mean a broker bug rather than a bad request: logged with a traceback.
+_BUG_CLASSES = frozenset(
+    {"KeyError", "AttributeError", "TypeError", "AssertionError", "IndexError", "NameError"}
+)
+DEFAULT_FETCH_BYTES = 1 << 20
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ReplogService(pb_grpc.ReplogServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.b = broker
+
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        if not isinstance(exc, BrokerError) and type(exc).__name__ in _BUG_CLASSES:
+            self.b.log.exception("request_failed", error=repr(exc))
+        await abort_with(context, exc)
+
+    # ------------------------------------------------------------------ produce / fetch
+    async def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
+        try:
+            if not request.topic:
+                raise invalid_request("produce request has no topic", "set the topic name")
+            if request.partition < 0:
+                raise invalid_request(
+                    f"partition {request.partition} is negative", "partitions count from 0"
+                )
+            if not request.batch:
+                raise invalid_request("produce request has an empty batch", "send one record batch")
+            replica = self.b.replica_for(request.topic, request.partition)
+            timeout_ms = request.timeout_ms or self.b.cfg.server.produce_timeout_ms
+            res = await replica.produce(
+                request.batch,
+                acks_leader=request.acks == pb.ACKS_LEADER,
+                timeout_s=timeout_ms / 1000,
+            )
+            return pb.ProduceResponse(
+                base_offset=res.base_offset,
+                last_offset=res.last_offset,
+                log_start_offset=res.log_start_offset,
+                duplicate=res.duplicate,
+            )
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def Fetch(
+        self, request: pb.FetchRequest, context: Any
+    ) -> AsyncIterator[pb.FetchResponse]:
+        try:
+            if request.partition < 0:
+                raise invalid_request(
+                    f"partition {request.partition} is negative", "partitions count from 0"
+                )
+            max_bytes = request.max_bytes or DEFAULT_FETCH_BYTES
+            if max_bytes < 0:
+                raise invalid_request(f"max_bytes {max_bytes} is negative", "use a positive size")
+            max_bytes = min(max_bytes, MAX_FETCH_BYTES)
+            max_wait_s = (request.max_wait_ms or self.b.cfg.server.fetch_max_wait_ms) / 1000
+            replica = self.b.replica_for(request.topic, request.partition)
+            async for result in replica.fetch_stream(
+                request.offset, max_bytes, max_wait_s, request.follow
+            ):
+                yield pb.FetchResponse(
+                    batches=b"".join(result.batches),
+                    next_offset=result.next_offset,
+                    high_watermark=result.high_watermark,
+                    log_start_offset=result.log_start_offset,
+                )
+        except Exception as exc:
+            await self._fail(context, exc)
+
+    # ------------------------------------------------------------------ metadata reads
+    def _broker_msgs(self) -> list[pb.Broker]:
+        state = self.b.metadata.state
+        timeout = self.b.cfg.server.broker_session_timeout_ms
+        live = set(state.live_brokers(_now_ms(), timeout))
+        return [
+            pb.Broker(
+                id=b.node_id, address=b.address, dc=b.dc, rack=b.rack, alive=b.node_id in live
+            )
+            for b in sorted(state.brokers.values(), key=lambda x: x.node_id)
+        ]
+
+    def _topic_msg(self, t: Topic) -> pb.TopicMetadata:
+        parts = []
+        for a in t.assignments:
+            leader, term = a.leader, a.leader_term
+            local = self.b.partitions.get(a.group_id)
+            if local is not None and local.leader_id and local.term >= term:
+                leader, term = local.leader_id, local.term  # fresher than the last report
+            parts.append(
+                pb.PartitionMetadata(
+                    partition=a.partition,
+                    leader=leader,
+                    replicas=list(a.replicas),
+                    group_id=a.group_id,
+                    leader_term=term,
+                )
+            )
+        return pb.TopicMetadata(
+            name=t.name,
+            topic_id=t.topic_id,
+            partitions=parts,
+            replication_factor=t.replication_factor,
+            config=dict(t.config),
+        )
+
+    def _cluster_fields(self) -> dict[str, Any]:
+        md = self.b.metadata
+        st = md.node.status()
+        return {
+            "metadata_leader": md.leader_id,
+            "metadata_term": st.term,
+            "metadata_voters": sorted(st.conf_state.voters),
+            "cluster_id": self.b.cfg.node.cluster_id,
+        }
+
+    async def Metadata(self, request: pb.MetadataRequest, context: Any) -> pb.MetadataResponse:
+        try:
+            state = self.b.metadata.state
+            names = list(request.topics) or sorted(state.topics)
+            topics = [self._topic_msg(state.topic(n)) for n in names]
+            return pb.MetadataResponse(
+                brokers=self._broker_msgs(), topics=topics, **self._cluster_fields()
+            )
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def DescribeCluster(
+        self, request: pb.DescribeClusterRequest, context: Any
+    ) -> pb.DescribeClusterResponse:
+        try:
+            return pb.DescribeClusterResponse(brokers=self._broker_msgs(), **self._cluster_fields())
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def ListTopics(
+        self, request: pb.ListTopicsRequest, context: Any
+    ) -> pb.ListTopicsResponse:
+        try:
+            await self.b.metadata.barrier()
+            state = self.b.metadata.state
+            return pb.ListTopicsResponse(
+                topics=[self._topic_msg(state.topics[n]) for n in sorted(state.topics)]
+            )
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def DescribeTopic(
+        self, request: pb.DescribeTopicRequest, context: Any
+    ) -> pb.DescribeTopicResponse:
+        try:
+            await self.b.metadata.barrier()
+            return pb.DescribeTopicResponse(
+                topic=self._topic_msg(self.b.metadata.state.topic(request.name))
+            )
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    # ------------------------------------------------------------------ admin writes
+    async def CreateTopic(
+        self, request: pb.CreateTopicRequest, context: Any
+    ) -> pb.CreateTopicResponse:
+        try:
+            state = self.b.metadata.state
+            live = tuple(state.live_brokers(_now_ms(), self.b.cfg.server.broker_session_timeout_ms))
+            await self.b.metadata.propose(
+                mcmd.CreateTopic(
+                    request.name,
+                    request.partitions,
+                    request.replication_factor,
+                    dict(request.config),
+                    _now_ms(),
+                    live,
+                )
+            )
+            await self._wait_for_leaders(request.name, timeout_s=10.0)
+            return pb.CreateTopicResponse(
+                topic=self._topic_msg(self.b.metadata.state.topic(request.name))
+            )
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def _wait_for_leaders(self, name: str, timeout_s: float) -> None:
+        """Best effort: a created topic is answered once every partition reported a leader."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            t = self.b.metadata.state.topics.get(name)
+            if t is None or all(a.leader for a in t.assignments):
+                return
+            await asyncio.sleep(0.02)
+
+    async def DeleteTopic(
+        self, request: pb.DeleteTopicRequest, context: Any
+    ) -> pb.DeleteTopicResponse:
+        try:
+            await self.b.metadata.propose(mcmd.DeleteTopic(request.name))
+            return pb.DeleteTopicResponse()
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def InitProducerId(
+        self, request: pb.InitProducerIdRequest, context: Any
+    ) -> pb.InitProducerIdResponse:
+        try:
+            first = await self.b.metadata.propose(mcmd.AllocateProducerIds(1))
+            return pb.InitProducerIdResponse(producer_id=int(first), producer_epoch=0)
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def ListOffsets(
+        self, request: pb.ListOffsetsRequest, context: Any
+    ) -> pb.ListOffsetsResponse:
+        try:
+            replica = self.b.replica_for(request.topic, request.partition)
+            replica.ensure_leader()
+            s = replica.state
+            return pb.ListOffsetsResponse(
+                log_start_offset=s.log_start_offset,
+                high_watermark=s.high_watermark,
+                leader=self.b.node_id,
+                leader_term=replica.term,
+                log_end_offset=s.next_offset(),
+            )
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def TransferLeadership(
+        self, request: pb.TransferLeadershipRequest, context: Any
+    ) -> pb.TransferLeadershipResponse:
+        import asyncio
+
+        try:
+            if request.topic:
+                replica = self.b.replica_for(request.topic, request.partition)
+                node, group_id, what = replica.node, replica.group_id, replica.what
+            else:
+                md = self.b.metadata
+                node, group_id, what = md.node, md.group_id, "the metadata group"
+            st = node.status()
+            if st.role != Role.LEADER:
+                leader = st.leader_id
+                raise not_leader(what, leader, self.b.advertised(leader) if leader else "")
+            target = request.to_node
+            voters = sorted(st.conf_state.voters)
+            if target == 0:
+                others = [v for v in voters if v != self.b.node_id]
+                if not others:
+                    raise invalid_request(f"{what} has no other voter", "add replicas first")
+                target = max(others, key=lambda v: st.progress[v].match if v in st.progress else 0)
+            if target not in voters:
+                raise invalid_request(
+                    f"node {target} is not a voter of {what} (voters: {voters})",
+                    "pick one of the voters",
+                )
+            if target != self.b.node_id:
+                node.transfer_leadership(target)
+                self.b.runtime.touch(group_id)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5.0
+                while loop.time() < deadline and node.status().leader_id != target:
+                    await asyncio.sleep(0.02)
+            leader = node.status().leader_id
+            if leader != target:
+                raise BrokerError(
+                    "REQUEST_TIMED_OUT",
+                    f"leadership of {what} did not move to {target} (leader is {leader})",
+                    retriable=True,
+                    hint="the target may be lagging; retry",
+                    status=grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+            return pb.TransferLeadershipResponse(leader=leader)
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable") from exc
+
+
+class PeerService(pb_grpc.PeerServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.b = broker
+
+    async def Raft(self, request_iterator: Any, context: Any) -> pb.RaftBatchAck:
+        runtime = self.b.runtime
+        cluster_id = self.b.cfg.node.cluster_id
+        async for batch in request_iterator:
+            if batch.cluster_id != cluster_id or batch.protocol_version != PROTOCOL_VERSION:
+                self.b.log.warning(
+                    "peer_refused",
+                    from_node=batch.from_node,
+                    cluster_id=batch.cluster_id,
+                    protocol_version=batch.protocol_version,
+                )
+                await abort_with(
+                    context,
+                    BrokerError(
+                        "CLUSTER_MISMATCH",
+                        f"batch from cluster '{batch.cluster_id}' v{batch.protocol_version}; this "
+                        f"is '{cluster_id}' v{PROTOCOL_VERSION}",
+                        hint="check --voters / cluster_id of both brokers",
+                    ),
+                )
+                return pb.RaftBatchAck()
+            if batch.to_node != self.b.node_id:
+                self.b.log.warning("peer_misrouted", from_node=batch.from_node, to=batch.to_node)
+                continue
+            for m in batch.messages:
+                try:
+                    msg = message_from_proto(m)
+                except MalformedPeerMessage as exc:
+                    self.b.log.warning("peer_message_malformed", error=str(exc))
+                    continue
+                runtime.step(m.group_id, msg)
+        return pb.RaftBatchAck()
+
+    async def ForwardMetadata(
+        self, request: pb.ForwardMetadataRequest, context: Any
+    ) -> pb.ForwardMetadataResponse:
+        try:
+            if request.cluster_id != self.b.cfg.node.cluster_id:
+                raise BrokerError("CLUSTER_MISMATCH", f"cluster '{request.cluster_id}' is not ours")
+            result = await self.b.metadata.handle_forwarded(request.command, timeout_s=5.0)
+            return pb.ForwardMetadataResponse(result=result)
+        except Exception as exc:
+            await abort_with(context, exc)
+            raise AssertionError("unreachable") from exc
