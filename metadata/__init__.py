@@ -1,1 +1,85 @@
-"""The metadata state machine: brokers, topics, placement and assignments, replicated by the metadata Raft group."""
+"""The metadata state machine: brokers, topics, placement and assignments, replicated by the metadata Raft group.
+
+Pure: no I/O, no asyncio or gRPC, no clock. The broker runtime proposes encoded commands to the
+metadata Raft group and calls ``MetadataState.apply(index, data)`` on every replica in log order.
+"""  # noqa: E501 (the first line is the package's one-line summary)
+
+from metadata.commands import (
+    AllocateProducerIds,
+    BrokerHeartbeat,
+    Command,
+    CreateTopic,
+    DeleteTopic,
+    RegisterBroker,
+    SetReplicas,
+    UpdateLeader,
+    decode,
+    encode,
+)
+from metadata.errors import (
+    InvalidBroker,
+    InvalidLeader,
+    InvalidPartitionCount,
+    InvalidProducerIdCount,
+    InvalidReplicas,
+    InvalidReplicationFactor,
+    InvalidTopicConfig,
+    InvalidTopicName,
+    MalformedCommand,
+    MalformedSnapshot,
+    MetadataError,
+    MetadataInvariantViolation,
+    NotEnoughBrokers,
+    TopicExists,
+    UnknownBroker,
+    UnknownPartitionGroup,
+    UnknownTopic,
+)
+from metadata.placement import place
+from metadata.state import (
+    KNOWN_TOPIC_CONFIG_KEYS,
+    Broker,
+    MetadataState,
+    PartitionAssignment,
+    Topic,
+    validate_topic_config,
+    validate_topic_name,
+)
+
+__all__ = [
+    "KNOWN_TOPIC_CONFIG_KEYS",
+    "AllocateProducerIds",
+    "Broker",
+    "BrokerHeartbeat",
+    "Command",
+    "CreateTopic",
+    "DeleteTopic",
+    "InvalidBroker",
+    "InvalidLeader",
+    "InvalidPartitionCount",
+    "InvalidProducerIdCount",
+    "InvalidReplicas",
+    "InvalidReplicationFactor",
+    "InvalidTopicConfig",
+    "InvalidTopicName",
+    "MalformedCommand",
+    "MalformedSnapshot",
+    "MetadataError",
+    "MetadataInvariantViolation",
+    "MetadataState",
+    "NotEnoughBrokers",
+    "PartitionAssignment",
+    "RegisterBroker",
+    "SetReplicas",
+    "Topic",
+    "TopicExists",
+    "UnknownBroker",
+    "UnknownPartitionGroup",
+    "UnknownTopic",
+    "UpdateLeader",
+    "decode",
+    "encode",
+    "place",
+    "validate_topic_config",
+    "validate_topic_name",
+]

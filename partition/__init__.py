@@ -1,1 +1,54 @@
-"""The partition state machine: committed Raft entries are the record log (offsets, fetch, retention, idempotent producers)."""
+"""The partition state machine: committed Raft entries are the record log (offsets, fetch, retention, idempotent producers).
+
+Pure and deterministic: imports only ``raft.types`` and ``client.batch`` of ours; no I/O, no
+asyncio, no clock. See partition/state.py for the model and the runtime's calling contract.
+"""  # noqa: E501
+
+from partition.config import PartitionConfig
+from partition.errors import (
+    BatchTooLarge,
+    ConfigError,
+    InvalidBatch,
+    OffsetOutOfRange,
+    OutOfOrderSequence,
+    PartitionError,
+    PartitionInvariantError,
+    ProducerFenced,
+    UnsupportedCompression,
+)
+from partition.header import EntryKind
+from partition.producers import BatchMetadata, ProducerEntry
+from partition.retention import retention_cut
+from partition.state import (
+    Appended,
+    ApplyResult,
+    Control,
+    Duplicate,
+    FetchResult,
+    PartitionState,
+    Rejected,
+)
+
+__all__ = [
+    "Appended",
+    "ApplyResult",
+    "BatchMetadata",
+    "BatchTooLarge",
+    "ConfigError",
+    "Control",
+    "Duplicate",
+    "EntryKind",
+    "FetchResult",
+    "InvalidBatch",
+    "OffsetOutOfRange",
+    "OutOfOrderSequence",
+    "PartitionConfig",
+    "PartitionError",
+    "PartitionInvariantError",
+    "PartitionState",
+    "ProducerEntry",
+    "ProducerFenced",
+    "Rejected",
+    "UnsupportedCompression",
+    "retention_cut",
+]

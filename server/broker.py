@@ -50,6 +50,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def preferred_priorities(replicas: tuple[int, ...]) -> dict[int, int]:
+    """The first replica is the preferred leader: it gets the only non-zero priority."""
+    return {r: (1 if i == 0 else 0) for i, r in enumerate(replicas)}
+
+
 class Broker:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
@@ -278,7 +283,7 @@ class Broker:
             logger=self._raft_logger(group_id),
         )
         # Leadership prefers the first replica (placement rotates it): balanced leaders.
-        node.set_priorities({r: (1 if i == 0 else 0) for i, r in enumerate(replicas)})
+        node.set_priorities(preferred_priorities(replicas))
         replica = PartitionReplica(
             group_id=group_id,
             topic=topic,
@@ -292,6 +297,7 @@ class Broker:
             on_leader_change=self._report_leader,
             logger=self.log,
         )
+        replica.replicas = replicas
         self.partitions[group_id] = replica
         self.by_name[(topic, partition)] = group_id
         self.runtime.add_group(Group(group_id, node, log, replica))
@@ -331,9 +337,15 @@ class Broker:
             a.group_id: a for a in state.assignments_for(self.node_id)
         }
         for group_id, a in wanted.items():
-            if group_id not in self.partitions:
+            replica = self.partitions.get(group_id)
+            if replica is None:
                 topic = state.topics[a.topic]
                 self._open_partition(group_id, a.topic, a.partition, a.replicas, dict(topic.config))
+            elif replica.replicas != a.replicas:
+                # The preferred replica moved (a leadership transfer or a reassignment).
+                replica.replicas = a.replicas
+                replica.node.set_priorities(preferred_priorities(a.replicas))
+                self.runtime.touch(group_id)
         known_groups = {a.group_id for a in state.all_assignments()}
         for group_id in list(self.partitions):
             if group_id not in wanted and group_id not in known_groups:
@@ -492,6 +504,27 @@ class Broker:
             self.advertised(leader) if leader else "",
         )
 
+    def log_group_status(self) -> None:
+        """SIGUSR1: one log line per Raft group with its role, term, indexes and followers."""
+        for group in self.runtime.groups.values():
+            st = group.node.status()
+            self.log.info(
+                "group_status",
+                group_id=group.group_id,
+                role=st.role.name,
+                term=st.term,
+                leader_id=st.leader_id,
+                commit=st.commit,
+                applied=st.applied,
+                first_index=st.first_index,
+                last_index=st.last_index,
+                failed=repr(group.failed) if group.failed else None,
+                progress={
+                    k: f"{v.state.name} match={v.match} next={v.next} active={v.recent_active}"
+                    for k, v in st.progress.items()
+                },
+            )
+
     # ------------------------------------------------------------------ stop
     async def shutdown(self, graceful: bool = True) -> None:
         self.stopping = True
@@ -547,6 +580,7 @@ async def run_broker(cfg: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, broker.log_group_status)
     await stop.wait()
     broker.log.info("broker_stopping", reason="signal")
     await broker.shutdown(graceful=True)

@@ -80,6 +80,7 @@ class PartitionReplica:
         self._leader_address = leader_address
         self._on_leader_change = on_leader_change
         self._log = logger
+        self.replicas: tuple[int, ...] = ()
         self.role = Role.FOLLOWER
         self.leader_id = 0
         self.term = 0
@@ -275,8 +276,10 @@ class PartitionReplica:
         """The partition state as of ``index``: the previous snapshot plus the entries up to it."""
         replay = self._make_state()
         previous = self.log.snapshot()
-        conf = previous.metadata.conf_state
-        if not previous.is_empty():
+        if previous.is_empty():
+            conf = self.log.initial_state()[1]  # the bootstrap membership
+        else:
+            conf = previous.metadata.conf_state
             replay.restore(previous.data, previous.metadata.index)
         lo = self.log.first_index()
         conf_entries: list[Entry] = []

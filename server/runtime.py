@@ -199,6 +199,9 @@ class Runtime:
                 continue
             try:
                 group.node.on_persisted(rd.number)
+                if rd.snapshot is not None and not rd.snapshot.is_empty():
+                    # An installed snapshot is applied state (the replica restored it above).
+                    group.node.advance_apply(rd.snapshot.metadata.index)
                 if rd.entries:
                     group.last_persisted_index = rd.entries[-1].index
                     group.replica.on_persisted(rd.entries[-1].index)

@@ -295,6 +295,13 @@ class ReplogService(pb_grpc.ReplogServicer):
                     f"node {target} is not a voter of {what} (voters: {voters})",
                     "pick one of the voters",
                 )
+            if request.topic:
+                # Make the target the preferred replica in the metadata first, so leader
+                # priority keeps leadership there instead of handing it straight back.
+                replicas = self.b.partitions[group_id].replicas
+                if replicas and replicas[0] != target:
+                    order = (target, *[r for r in replicas if r != target])
+                    await self.b.metadata.propose(mcmd.SetReplicas(group_id, order))
             if target != self.b.node_id:
                 node.transfer_leadership(target)
                 self.b.runtime.touch(group_id)

@@ -1,0 +1,46 @@
+"""PartitionConfig: per-topic settings the partition state machine needs.
+
+Contract: a frozen value, validated once in ``__post_init__`` (ConfigError(field, value,
+hint)). Nothing here reads the environment or files; the server layers defaults < TOML <
+env < --set and builds one of these per partition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from partition.errors import ConfigError
+
+__all__ = ["PartitionConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionConfig:
+    max_batch_bytes: int = 4 << 20
+    """Largest record batch (whole v2 batch, header included) a producer may append.
+    Bigger batches amortise Raft overhead but delay replication of everything behind them."""
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    """Segments whose newest record is older than this may be dropped; -1 keeps forever."""
+    retention_bytes: int = -1
+    """Drop the oldest segments while the log is larger than this; -1 means no size limit."""
+    producer_state_keep: int = 5
+    """How many recent batches per idempotent producer are remembered for duplicate
+    detection (Kafka keeps 5 = max in-flight requests per connection)."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_bytes < 61:
+            raise ConfigError(
+                "max_batch_bytes", self.max_batch_bytes, "must hold a 61-byte batch header"
+            )
+        if self.retention_ms < -1 or self.retention_ms == 0:
+            raise ConfigError("retention_ms", self.retention_ms, "use -1 (forever) or > 0 ms")
+        if self.retention_bytes < -1 or self.retention_bytes == 0:
+            raise ConfigError(
+                "retention_bytes", self.retention_bytes, "use -1 (no limit) or > 0 bytes"
+            )
+        if not 1 <= self.producer_state_keep <= 1000:
+            raise ConfigError(
+                "producer_state_keep",
+                self.producer_state_keep,
+                "keep between 1 and 1000 recent batches per producer (Kafka uses 5)",
+            )

@@ -1,0 +1,59 @@
+"""Retention: which prefix of the log's segments may be dropped, by time and by size.
+
+Contract: a pure function over segment descriptions; no I/O, no clock (``now_ms`` is an
+argument). It never selects the active (last) segment, nor a segment holding anything above
+the applied index (an unapplied entry may still be needed to derive offsets and producer
+state). Segments are dropped as a prefix, oldest first, as Kafka does
+(``UnifiedLog.deleteRetentionMsBreachedSegments`` / ``...SizeBreachedSegments``):
+
+* time: a segment is expired when the newest batch timestamp in it is older than
+  ``now_ms - retention_ms``; the scan stops at the first segment that is not expired (or
+  whose timestamps are unknown, e.g. below the offset index after a restart).
+* size: while the whole log minus the segment still exceeds ``retention_bytes``, drop it.
+
+The result is the union of both prefixes: the last index of the newest droppable segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+__all__ = ["retention_cut"]
+
+
+def retention_cut(
+    segments: Sequence[tuple[int, int, int]],
+    *,
+    applied_index: int,
+    now_ms: int,
+    retention_ms: int,
+    retention_bytes: int,
+    max_timestamp_ms: Callable[[int, int], int | None],
+) -> int | None:
+    """``segments`` = (first_index, last_index, size_bytes), oldest first. Returns the last
+    index of the newest segment that may be dropped, or None."""
+    eligible: list[tuple[int, int, int]] = []
+    for seg in segments[:-1]:
+        if seg[1] > applied_index:
+            break
+        eligible.append(seg)
+    if not eligible:
+        return None
+    by_time = 0
+    if retention_ms >= 0:
+        horizon = now_ms - retention_ms
+        for first, last, _size in eligible:
+            ts = max_timestamp_ms(first, last)
+            if ts is None or ts >= horizon:
+                break
+            by_time += 1
+    by_size = 0
+    if retention_bytes >= 0:
+        excess = sum(s[2] for s in segments) - retention_bytes
+        for _first, _last, size in eligible:
+            if excess - size < 0:
+                break
+            excess -= size
+            by_size += 1
+    n = max(by_time, by_size)
+    return eligible[n - 1][1] if n else None

@@ -1,0 +1,400 @@
+"""PartitionState: one partition replica's deterministic state, derived from its Raft log.
+
+Contract: owns the mapping from Raft indexes to record offsets, the high watermark, the log
+start offset and the idempotent-producer table. No I/O, no asyncio, no clock: the runtime
+feeds it entries (``on_log_append``, ``apply``), passes the log's reader into ``fetch`` and
+time into ``retention_cut``. Two replicas fed the same log reach the same state.
+
+Model (DESIGN.md "partition/"):
+
+* Every Raft entry occupies offsets. A data entry (non-empty NORMAL) is one RecordBatch v2
+  stamped by the leader with its final base offset before it is proposed; it occupies
+  ``lastOffsetDelta + 1`` offsets. A control entry (empty NORMAL = the leader's no-op, or
+  CONF_CHANGE) occupies one offset and is never fetched. Offsets are structural: entry i
+  starts one past the last offset of entry i-1, for every entry in the log, committed or not
+  (the *tail*). A stamped base that disagrees is a PartitionInvariantError.
+* The high watermark is the offset after the last *applied* entry: only committed, applied
+  batches are served.
+* Idempotence is decided at apply time, on every replica identically (partition/producers):
+  a duplicate is answered with the original offsets, a gap or a fenced epoch is rejected.
+  Such entries keep their offsets (offsets stay structural) but fetch skips them: a gap.
+
+Runtime loop: ``stamp`` then propose then ``on_log_append([entry])`` on the leader (before the
+next ``stamp``); ``on_log_append(ready.entries)`` for every Ready (re-reporting is harmless;
+an entry with a new term at an existing index truncates the tail from there); ``apply`` each
+committed entry once, in order. At start: ``restore(snapshot)`` then ``on_log_append`` with the
+stored log — entries at or below the snapshot index are *backfilled* (offsets derived
+backwards from the snapshot's end offset) so retained batches stay fetchable.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from client.batch import BatchHeader, validate, with_base_offset
+from partition.config import PartitionConfig
+from partition.errors import (
+    BatchTooLarge,
+    OffsetOutOfRange,
+    OutOfOrderSequence,
+    PartitionInvariantError,
+    ProducerFenced,
+)
+from partition.header import EntryKind, describe_entry, entry_header
+from partition.offset_index import OffsetIndex
+from partition.producers import ProducerEntry, ProducerTable
+from partition.retention import retention_cut as _retention_cut
+from raft.types import Entry
+
+__all__ = [
+    "Appended",
+    "ApplyResult",
+    "Control",
+    "Duplicate",
+    "FetchResult",
+    "PartitionState",
+    "Rejected",
+]
+
+ReadEntries = Callable[[int, int, int], Sequence[Entry]]
+
+_SNAP_HEAD = struct.Struct(">4sBqqqI")
+_SNAP_MAGIC = b"RPPS"
+_SNAP_VERSION = 1
+_Q = struct.Struct(">q")
+_DATA = int(EntryKind.DATA)
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    base_offset: int
+    last_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A retry of a batch already appended at [base_offset, last_offset]."""
+
+    base_offset: int
+    last_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    error: OutOfOrderSequence | ProducerFenced
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    offset: int
+
+
+ApplyResult = Appended | Duplicate | Rejected | Control
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    batches: list[bytes]
+    next_offset: int
+    high_watermark: int
+    log_start_offset: int
+
+
+class PartitionState:
+    def __init__(self, config: PartitionConfig) -> None:
+        self.config = config
+        self._index = OffsetIndex(first_index=1, start_offset=0)
+        self._producers = ProducerTable(config.producer_state_keep)
+        self._applied = 0
+        self._hw = 0
+        self._log_start_floor = 0
+        self._skipped: list[int] = []  # applied indexes that are DUPLICATE / REJECTED, sorted
+        self._backfill_open = False
+
+    # --- read-only facts -----------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    @property
+    def high_watermark(self) -> int:
+        return self._hw
+
+    @property
+    def log_start_offset(self) -> int:
+        return max(self._log_start_floor, self._index.start_offset)
+
+    def next_offset(self) -> int:
+        """Base offset the next appended entry gets (the end of the tail)."""
+        return self._index.end_offset
+
+    def producer_table(self) -> Mapping[int, ProducerEntry]:
+        return self._producers.view()
+
+    def index_for_offset(self, offset: int) -> int:
+        """The Raft index of the entry containing ``offset`` (committed or not)."""
+        start, end = self.log_start_offset, self._index.end_offset
+        if not start <= offset < end:
+            raise OffsetOutOfRange(offset, start, end)
+        return self._index.locate(offset)
+
+    # --- leader: before proposing --------------------------------------------------------
+
+    def stamp(self, batch: bytes) -> tuple[bytes, int, int]:
+        """Validate a produced batch and give it its final offsets. Does not record it: the
+        runtime proposes the result, then reports it through ``on_log_append``."""
+        limit = self.config.max_batch_bytes
+        if len(batch) > limit:
+            raise BatchTooLarge(len(batch), limit)
+        header = validate(batch, max_bytes=limit)
+        base = self._index.end_offset
+        return with_base_offset(batch, base), base, base + header.last_offset_delta
+
+    def precheck_producer(self, header: BatchHeader) -> None:
+        """Refuse a fenced producer epoch before proposing (sequence gaps are not checked:
+        batches still in flight may fill them; apply decides)."""
+        if header.producer_id >= 0:
+            self._producers.precheck(header)
+
+    # --- the tail --------------------------------------------------------------------------
+
+    def on_log_append(self, entries: Sequence[Entry]) -> None:
+        """Record entries written to the Raft log (committed or not)."""
+        if not entries:
+            return
+        index = self._index
+        first = entries[0].index
+        if first < index.first_index:
+            below = [e for e in entries if e.index < index.first_index]
+            if self._backfill_open and below[-1].index == index.first_index - 1:
+                self._backfill(below)
+            # else: already compacted (or already known) committed entries: nothing to do
+            entries = [e for e in entries if e.index >= index.first_index]
+        self._backfill_open = False
+        for e in entries:
+            pos = e.index - index.first_index
+            if pos < len(index):
+                if index.term_of(e.index) == e.term:
+                    continue  # re-reported: same index and term = same entry (Log Matching)
+                if e.index <= self._applied:
+                    raise PartitionInvariantError(
+                        f"applied entry {e.index} replaced by one of term {e.term}",
+                        f"term {index.term_of(e.index)}",
+                        e.term,
+                        "the Raft core overwrote a committed entry (a Raft safety bug)",
+                    )
+                index.truncate_from(e.index)
+            elif pos > len(index):
+                raise PartitionInvariantError(
+                    "gap in the reported log",
+                    f"index {index.last_index + 1}",
+                    e.index,
+                    "the runtime skipped a Ready's entries or a proposal's on_log_append",
+                )
+            meta = describe_entry(e)
+            base = index.end_offset
+            if meta.kind == EntryKind.DATA and meta.stamped_base_offset != base:
+                raise PartitionInvariantError(
+                    f"entry {e.index} (term {e.term}) stamped base offset",
+                    base,
+                    meta.stamped_base_offset,
+                    "the leader stamped before reporting its previous proposal, or a "
+                    "replica's log diverged",
+                )
+            index.append(e.index, e.term, meta.span, meta.kind, meta.max_timestamp_ms)
+
+    def _backfill(self, below: Sequence[Entry]) -> None:
+        """Prepend stored entries at or below the restored snapshot's index, deriving their
+        offsets backwards from the snapshot's end offset."""
+        skipped = set(self._skipped)
+        rows: list[tuple[int, int, int, EntryKind, int]] = []
+        start = self._index.start_offset
+        for e in reversed(below):
+            meta = describe_entry(e)
+            start -= meta.span
+            if start < 0 or (meta.kind == EntryKind.DATA and meta.stamped_base_offset != start):
+                raise PartitionInvariantError(
+                    f"backfilled entry {e.index} base offset",
+                    start,
+                    meta.stamped_base_offset,
+                    "the stored log does not end where the snapshot says it does",
+                )
+            kind = EntryKind.DUPLICATE if e.index in skipped else meta.kind
+            rows.append((e.index, e.term, meta.span, kind, meta.max_timestamp_ms))
+        self._index.prepend_many(rows)
+
+    # --- apply -----------------------------------------------------------------------------
+
+    def apply(self, entry: Entry) -> ApplyResult:
+        """Apply one committed entry; entries come in index order, exactly once each."""
+        if entry.index != self._applied + 1:
+            raise PartitionInvariantError(
+                "apply order",
+                self._applied + 1,
+                entry.index,
+                "a committed entry was applied twice or skipped",
+            )
+        index = self._index
+        if not index.contains(entry.index) or index.term_of(entry.index) != entry.term:
+            self.on_log_append([entry])  # the committed entry is authoritative
+        base = index.base_of(entry.index)
+        end = index.end_of(entry.index)
+        result: ApplyResult
+        if index.kind_of(entry.index) == EntryKind.CONTROL:
+            result = Control(base)
+        else:
+            header = entry_header(entry)
+            result = Appended(base, end - 1)
+            if header.producer_id >= 0:
+                try:
+                    original = self._producers.check(header)
+                except (OutOfOrderSequence, ProducerFenced) as e:
+                    index.set_kind(entry.index, EntryKind.REJECTED)
+                    self._skipped.append(entry.index)
+                    result = Rejected(e)
+                else:
+                    if original is not None:
+                        index.set_kind(entry.index, EntryKind.DUPLICATE)
+                        self._skipped.append(entry.index)
+                        result = Duplicate(original.base_offset, original.last_offset)
+                    else:
+                        self._producers.record(header, base, end - 1)
+        self._applied = entry.index
+        self._hw = end
+        return result
+
+    # --- fetch -----------------------------------------------------------------------------
+
+    def fetch(self, offset: int, max_bytes: int, read: ReadEntries) -> FetchResult:
+        """Applied, live batches from the one containing ``offset``, up to ``max_bytes``
+        (at least one batch). ``offset == high_watermark`` gives an empty result."""
+        start, hw = self.log_start_offset, self._hw
+        if offset < start or offset > hw:
+            raise OffsetOutOfRange(offset, start, hw)
+        if offset == hw:
+            return FetchResult([], hw, hw, start)
+        index = self._index
+        i = index.locate(offset)
+        last = self._applied
+        batches: list[bytes] = []
+        total = 0
+        full = False
+        while i <= last and not full:
+            while i <= last and index.kind_of(i) != _DATA:
+                i += 1  # control / duplicate / rejected: never served, not even read
+            if i > last:
+                break
+            got = read(i, last + 1, max(max_bytes - total, 1))
+            if not got:
+                raise PartitionInvariantError(
+                    f"log read of [{i}, {last + 1})",
+                    "at least one entry",
+                    "none",
+                    "the Raft log lost applied entries, or read() ignores its contract",
+                )
+            for e in got:
+                if e.index != i:
+                    raise PartitionInvariantError(
+                        "log read returned entries out of order",
+                        i,
+                        e.index,
+                        "read() must return consecutive entries starting at lo",
+                    )
+                if i > last:
+                    break
+                if index.kind_of(i) == _DATA:
+                    size = len(e.data)
+                    if batches and total + size > max_bytes:
+                        full = True
+                        break
+                    batches.append(e.data)
+                    total += size
+                i += 1
+                if total >= max_bytes:
+                    full = True
+                    break
+        return FetchResult(batches, index.base_of(i) if i <= last else hw, hw, start)
+
+    # --- snapshot / compaction / retention ---------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The state at ``applied_index``: end offset, log start, skipped entries still in
+        the log, producer table. The offset index itself is rebuilt from the log."""
+        parts = [
+            _SNAP_HEAD.pack(
+                _SNAP_MAGIC,
+                _SNAP_VERSION,
+                self._applied,
+                self._hw,
+                self.log_start_offset,
+                len(self._skipped),
+            )
+        ]
+        parts.extend(_Q.pack(i) for i in self._skipped)
+        parts.append(self._producers.encode())
+        return b"".join(parts)
+
+    def restore(self, data: bytes, snapshot_index: int) -> None:
+        """Replace the state with ``data`` taken at ``snapshot_index``; the tail starts
+        empty after it (the runtime then reports the stored log)."""
+        try:
+            magic, version, applied, hw, log_start, n_skipped = _SNAP_HEAD.unpack_from(data, 0)
+            pos = _SNAP_HEAD.size
+            skipped = [_Q.unpack_from(data, pos + 8 * k)[0] for k in range(n_skipped)]
+        except struct.error as e:
+            raise PartitionInvariantError(
+                "partition snapshot header",
+                "a complete header",
+                str(e),
+                "the snapshot is damaged or not a partition snapshot",
+            ) from e
+        if magic != _SNAP_MAGIC or version != _SNAP_VERSION or applied != snapshot_index:
+            raise PartitionInvariantError(
+                "partition snapshot identity",
+                (_SNAP_MAGIC, _SNAP_VERSION, snapshot_index),
+                (magic, version, applied),
+                "the snapshot belongs to another group or index, or another version",
+            )
+        producers = ProducerTable(self.config.producer_state_keep)
+        end = producers.decode_into(data, pos + 8 * n_skipped)
+        if end != len(data):
+            raise PartitionInvariantError(
+                "partition snapshot length", end, len(data), "the snapshot is damaged"
+            )
+        self._producers = producers
+        self._index = OffsetIndex(first_index=snapshot_index + 1, start_offset=hw)
+        self._applied = snapshot_index
+        self._hw = hw
+        self._log_start_floor = log_start
+        self._skipped = skipped
+        self._backfill_open = True
+
+    def on_compacted(self, first_kept_index: int) -> None:
+        """The Raft log now starts at ``first_kept_index``; offsets before it are gone."""
+        if first_kept_index > self._applied + 1:
+            raise PartitionInvariantError(
+                "compaction point",
+                f"<= {self._applied + 1} (applied + 1)",
+                first_kept_index,
+                "the log was compacted past unapplied entries",
+            )
+        self._backfill_open = False
+        self._index.compact_to(first_kept_index)
+        del self._skipped[: bisect_left(self._skipped, first_kept_index)]
+        self._log_start_floor = max(self._log_start_floor, self._index.start_offset)
+
+    def retention_cut(self, segments: Sequence[tuple[int, int, int]], now_ms: int) -> int | None:
+        """The last index of the newest segment retention may drop, or None (see
+        partition/retention.py)."""
+        return _retention_cut(
+            segments,
+            applied_index=self._applied,
+            now_ms=now_ms,
+            retention_ms=self.config.retention_ms,
+            retention_bytes=self.config.retention_bytes,
+            max_timestamp_ms=self._index.max_timestamp,
+        )

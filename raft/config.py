@@ -1,0 +1,59 @@
+"""RaftConfig: the knobs of one Raft group member.
+
+Contract: a frozen value, validated once in ``__post_init__`` (``ConfigError(field, value,
+hint)``). The core reads it and never mutates it. Durations are in *ticks*: the runtime decides
+how long a tick is (``tick()`` is the only clock the core sees).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raft.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    node_id: int
+    """This node's id; positive (0 means "nobody")."""
+    election_ticks: int = 10
+    """Base election timeout. The effective timeout is drawn from
+    [election_ticks, 2*election_ticks) after every role change (thesis §3.4): larger means
+    slower failover, smaller means spurious elections on a slow network."""
+    heartbeat_ticks: int = 1
+    """Leader heartbeat interval; must be smaller than election_ticks."""
+    max_size_per_msg: int = 1 << 20
+    """Bytes of entries per APP message (at least one entry is always sent)."""
+    max_inflight_msgs: int = 256
+    """APP messages in flight per follower in REPLICATE state (pipelining window)."""
+    max_inflight_bytes: int = 32 << 20
+    """Entry bytes in flight per follower; 0 disables the byte limit."""
+    max_uncommitted_bytes: int = 64 << 20
+    """Uncommitted entry payload a leader accepts before proposals are dropped."""
+    pre_vote: bool = True
+    """Run a PreVote round before bumping the term (thesis §9.6)."""
+    check_quorum: bool = True
+    """Leader steps down without a quorum's contact for an election timeout; followers ignore
+    vote requests while they hear from a leader (thesis §6.2, §4.2.3)."""
+    priority: int = 0
+    """This node's own leadership priority, used when no priority map was set."""
+
+    def __post_init__(self) -> None:
+        if self.node_id <= 0:
+            raise ConfigError("node_id", self.node_id, "node ids are positive; 0 means nobody")
+        if self.heartbeat_ticks <= 0:
+            raise ConfigError("heartbeat_ticks", self.heartbeat_ticks, "must be >= 1")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ConfigError(
+                "election_ticks",
+                self.election_ticks,
+                f"must be greater than heartbeat_ticks ({self.heartbeat_ticks})",
+            )
+        if self.max_size_per_msg <= 0:
+            raise ConfigError("max_size_per_msg", self.max_size_per_msg, "must be > 0")
+        if self.max_inflight_msgs <= 0:
+            raise ConfigError("max_inflight_msgs", self.max_inflight_msgs, "must be >= 1")
+        if self.max_inflight_bytes < 0:
+            raise ConfigError("max_inflight_bytes", self.max_inflight_bytes, "0 (off) or more")
+        if self.max_uncommitted_bytes <= 0:
+            raise ConfigError("max_uncommitted_bytes", self.max_uncommitted_bytes, "must be > 0")

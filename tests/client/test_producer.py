@@ -1,0 +1,331 @@
+"""Producer against the in-process fake cluster: order, idempotent retries, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from client import errors
+from client.batch import decode
+from client.config import ProducerConfig
+from client.partitioner import partition_for_key
+from client.producer import Producer, RecordMetadata
+from tests.client.fake_broker import FakeBroker, arun, unique
+
+FAST = ProducerConfig(retry_backoff_ms=1, retry_backoff_max_ms=20, linger_ms=1)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeBroker]:
+    with FakeBroker(nodes=3) as fb:
+        yield fb
+
+
+def values(fake: FakeBroker, topic: str, partition: int) -> list[bytes]:
+    stored = fake.records(topic, partition)
+    assert [o for o, _ in stored] == list(range(len(stored))), "offsets must be dense"
+    return [v for _, v in stored]
+
+
+def test_records_land_in_key_partitions_in_order_with_their_offsets(fake: FakeBroker) -> None:
+    topic = unique()
+    fake.create_topic(topic, partitions=3)
+
+    async def scenario() -> list[RecordMetadata]:
+        async with Producer(fake.bootstrap, FAST) as producer:
+            futures = [
+                await producer.send(topic, b"v%d" % i, key=b"k%d" % (i % 7)) for i in range(200)
+            ]
+            await producer.flush()
+            return [f.result() for f in futures]
+
+    metas = arun(scenario())
+    for i, meta in enumerate(metas):
+        assert meta.partition == partition_for_key(b"k%d" % (i % 7), 3)
+    for partition in range(3):
+        sent = [b"v%d" % i for i, m in enumerate(metas) if m.partition == partition]
+        assert values(fake, topic, partition) == sent
+        offsets = [m.offset for m in metas if m.partition == partition]
+        assert offsets == list(range(len(sent)))
+
+
+def test_idempotent_retry_across_leader_move_is_not_duplicated(fake: FakeBroker) -> None:
+    """The leader appends the batch, then leadership moves and the ack is lost (NOT_LEADER):
+    the retry on the new leader carries the same sequence and gets the original offsets."""
+    topic = unique()
+    fake.create_topic(topic, partitions=1)
+    assert fake.leader(topic, 0) == 1
+
+    async def scenario() -> tuple[list[RecordMetadata], int]:
+        async with Producer(fake.bootstrap, FAST) as producer:
+            first = await producer.send_and_wait(topic, b"before")
+            fake.inject("Produce", "NOT_LEADER", after_append=True, move_leader_to=2, topic=topic)
+            futures = [await producer.send(topic, b"r%d" % i) for i in range(50)]
+            await producer.flush()
+            after = await producer.send_and_wait(topic, b"after")
+            return [first, *[f.result() for f in futures], after], producer.producer_id
+
+    metas, producer_id = arun(scenario())
+    assert fake.leader(topic, 0) == 2
+    expected = [b"before", *[b"r%d" % i for i in range(50)], b"after"]
+    assert values(fake, topic, 0) == expected  # once each, in order
+    assert [m.offset for m in metas] == list(range(len(expected)))
+    outcomes = fake.run(lambda c: [o for o in c.produce_outcomes if o[1] == producer_id])
+    assert [o[3] for o in outcomes].count("duplicate") == 1
+    dup = next(o for o in outcomes if o[3] == "duplicate")
+    assert dup[0] == 2  # the retry went to the new leader
+
+
+def test_order_kept_across_repeated_leader_moves_and_errors(fake: FakeBroker) -> None:
+    topic = unique()
+    fake.create_topic(topic, partitions=2)
+
+    async def scenario() -> None:
+        config = ProducerConfig(retry_backoff_ms=1, retry_backoff_max_ms=5, linger_ms=0)
+        async with Producer(fake.bootstrap, config) as producer:
+            pending = []
+            for i in range(600):
+                if i % 100 == 50:
+                    target = (i // 100) % 3 + 1
+                    fake.inject(
+                        "Produce",
+                        "NOT_LEADER",
+                        after_append=True,
+                        move_leader_to=target,
+                        topic=topic,
+                    )
+                    fake.inject("Produce", "REQUEST_TIMED_OUT", times=2, topic=topic)
+                    fake.inject("Produce", "LEADER_NOT_AVAILABLE", after_append=True, topic=topic)
+                pending.append(await producer.send(topic, b"%d" % i, partition=i % 2))
+                if i % 10 == 0:
+                    await asyncio.sleep(0.001)
+            await producer.flush()
+            assert all(f.done() and f.exception() is None for f in pending)
+
+    arun(scenario())
+    assert fake.run(lambda c: len(c.faults)) == 0, "every injected fault was hit"
+    moves = fake.run(
+        lambda c: c.partition(topic, 0).leader_epoch + c.partition(topic, 1).leader_epoch
+    )
+    assert moves == 6
+    for partition in range(2):
+        assert values(fake, topic, partition) == [b"%d" % i for i in range(partition, 600, 2)]
+
+
+def test_delivery_timeout_fails_the_futures_with_the_last_error(fake: FakeBroker) -> None:
+    topic = unique()
+    fake.create_topic(topic, partitions=1)
+
+    async def scenario() -> None:
+        config = ProducerConfig(delivery_timeout_ms=300, retry_backoff_ms=5, linger_ms=0)
+        async with Producer(fake.bootstrap, config) as producer:
+            fake.inject("Produce", "LEADER_NOT_AVAILABLE", times=10**9, topic=topic)
+            started = time.monotonic()
+            futures = [await producer.send(topic, b"x%d" % i) for i in range(5)]
+            await producer.flush()
+            elapsed = time.monotonic() - started
+            assert elapsed < 3.0
+            for future in futures:
+                assert isinstance(future.exception(), errors.LeaderNotAvailable)
+            fake.run(lambda c: c.faults.clear())
+            # The failed batch never reached the log; the next one is still delivered (the
+            # producer restarts its sequence when the broker reports the gap).
+            meta = await producer.send_and_wait(topic, b"later")
+            assert meta.offset == 0
+
+    arun(scenario())
+    assert values(fake, topic, 0) == [b"later"]
+
+
+def test_sequence_gap_is_recovered_without_duplicates(fake: FakeBroker) -> None:
+    """A broker that lost our producer state answers OUT_OF_ORDER_SEQUENCE: the rejected batch
+    is resent under a new producer id, once."""
+    topic = unique()
+    fake.create_topic(topic, partitions=1)
+
+    async def scenario() -> None:
+        async with Producer(fake.bootstrap, FAST) as producer:
+            await producer.send_and_wait(topic, b"a")
+            first_id = producer.producer_id
+            fake.run(lambda c: c.partition(topic, 0).producers.clear())
+            await producer.send_and_wait(topic, b"b")
+            await producer.send_and_wait(topic, b"c")
+            assert producer.producer_id != first_id
+
+    arun(scenario())
+    assert values(fake, topic, 0) == [b"a", b"b", b"c"]
+
+
+def test_non_retriable_error_fails_at_once(fake: FakeBroker) -> None:
+    topic = unique()
+    fake.create_topic(topic, partitions=1)
+
+    async def scenario() -> None:
+        async with Producer(fake.bootstrap, FAST) as producer:
+            fake.inject("Produce", "BATCH_TOO_LARGE", topic=topic)
+            future = await producer.send(topic, b"big")
+            with pytest.raises(errors.BatchTooLarge):
+                await future
+            assert (await producer.send_and_wait(topic, b"ok")).offset == 0
+
+    arun(scenario())
+
+
+def test_unknown_topic_and_partition_raise_from_send(fake: FakeBroker) -> None:
+    topic = unique()
+    fake.create_topic(topic, partitions=2)
+
+    async def scenario() -> None:
+        async with Producer(fake.bootstrap, FAST) as producer:
+            with pytest.raises(errors.UnknownTopic):
+                await producer.send("no-such-topic", b"x")
+            with pytest.raises(errors.UnknownPartition, match="has 2 partitions"):
+                await producer.send(topic, b"x", partition=5)
+
+    arun(scenario())
+
+
+def test_crashed_sender_fails_pending_futures_and_later_sends(fake: FakeBroker) -> None:
+    topic = unique()
+    fake.create_topic(topic, partitions=1)
+
+    async def scenario() -> None:
+        producer = Producer(fake.bootstrap, FAST)
+
+        async def boom(*args: object) -> None:
+            raise RuntimeError("sender bug")
+
+        producer._deliver = boom  # type: ignore[method-assign]
+        futures = [await producer.send(topic, b"x%d" % i) for i in range(3)]
+        done, _ = await asyncio.wait(futures, timeout=5)
+        assert len(done) == 3
+        for future in futures:
+            assert isinstance(future.exception(), RuntimeError)
+        with pytest.raises(RuntimeError, match="sender bug"):
+            await producer.send(topic, b"y")
+        await producer.close()
+
+    arun(scenario())
+
+
+def test_close_fails_nothing_that_was_flushed_and_rejects_later_sends(fake: FakeBroker) -> None:
+    topic = unique()
+    fake.create_topic(topic, partitions=1)
+
+    async def scenario() -> None:
+        producer = Producer(fake.bootstrap, ProducerConfig(linger_ms=10_000))
+        future = await producer.send(topic, b"lingering")
+        await producer.close()  # close flushes: the long linger does not delay it
+        assert future.result().offset == 0
+        with pytest.raises(errors.ClientClosed):
+            await producer.send(topic, b"late")
+
+    arun(scenario())
+
+
+def test_null_keys_stick_to_a_partition_per_batch(fake: FakeBroker) -> None:
+    topic = unique()
+    fake.create_topic(topic, partitions=3)
+
+    async def scenario() -> list[RecordMetadata]:
+        config = ProducerConfig(batch_bytes=2_000, linger_ms=1000)
+        async with Producer(fake.bootstrap, config) as producer:
+            futures = [await producer.send(topic, b"z" * 100) for _ in range(90)]
+            await producer.flush()
+            return [f.result() for f in futures]
+
+    metas = arun(scenario())
+    used = [m.partition for m in metas]
+    assert len(set(used)) == 3
+    switches = sum(1 for a, b in itertools.pairwise(used) if a != b)
+    assert switches < 20  # whole batches, not record-by-record round robin
+
+
+def test_batches_carry_idempotence_fields_and_compression(fake: FakeBroker) -> None:
+    topic = unique()
+    fake.create_topic(topic, partitions=1)
+
+    async def scenario(config: ProducerConfig) -> None:
+        async with Producer(fake.bootstrap, config) as producer:
+            for i in range(3):
+                await producer.send_and_wait(topic, b"%d" % i, headers=[("h", b"v")])
+
+    arun(scenario(ProducerConfig(compression="zstd", linger_ms=0)))
+    arun(scenario(ProducerConfig(idempotence=False, acks="leader", linger_ms=0)))
+    batches = fake.run(lambda c: list(c.partition(topic, 0).batches))
+    headers = [decode(b)[0] for b in batches]
+    assert [h.compression for h in headers] == ["zstd"] * 3 + ["none"] * 3
+    assert [h.base_sequence for h in headers[:3]] == [0, 1, 2]
+    assert headers[0].producer_id >= 0
+    assert all(h.producer_id == -1 and h.base_sequence == -1 for h in headers[3:])
+    assert decode(batches[0])[1][0].headers == (("h", b"v"),)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sends=st.lists(st.tuples(st.integers(0, 2), st.binary(max_size=40)), min_size=1, max_size=80),
+    faults=st.lists(
+        st.tuples(
+            st.sampled_from(["NOT_LEADER", "LEADER_NOT_AVAILABLE", "REQUEST_TIMED_OUT"]),
+            st.booleans(),
+            st.integers(0, 3),
+        ),
+        max_size=6,
+    ),
+)
+def test_property_per_partition_order_and_no_duplicates_under_faults(
+    fake: FakeBroker, sends: list[tuple[int, bytes]], faults: list[tuple[str, bool, int]]
+) -> None:
+    topic = unique("prop")
+    fake.create_topic(topic, partitions=3)
+    for code, after_append, move_to in faults:
+        fake.inject("Produce", code, after_append=after_append, move_leader_to=move_to, topic=topic)
+
+    async def scenario() -> None:
+        config = ProducerConfig(retry_backoff_ms=1, retry_backoff_max_ms=2, linger_ms=0)
+        async with Producer(fake.bootstrap, config) as producer:
+            futures = [await producer.send(topic, v, partition=p) for p, v in sends]
+            await producer.flush()
+            for future in futures:
+                future.result()
+
+    arun(scenario())
+    for partition in range(3):
+        assert values(fake, topic, partition) == [v for p, v in sends if p == partition]
+    fake.run(lambda c: c.faults.clear())
+
+
+def _send_rate(fake: FakeBroker, count: int) -> float:
+    topic = unique("perf")
+    fake.create_topic(topic, partitions=1)
+    value = b"v" * 1024
+
+    async def scenario() -> float:
+        async with Producer(fake.bootstrap, ProducerConfig(linger_ms=50)) as producer:
+            await producer.send_and_wait(topic, value)  # metadata, producer id, sender task
+            started = time.perf_counter()
+            for _ in range(count):
+                await producer.send(topic, value)
+            rate = count / (time.perf_counter() - started)
+            await producer.flush()
+            return rate
+
+    return float(arun(scenario(), timeout_s=60))
+
+
+def test_send_path_is_cheap(fake: FakeBroker) -> None:
+    # Lenient on a shared CI core; the strict target is the slow test below.
+    assert _send_rate(fake, 10_000) > 15_000
+
+
+@pytest.mark.slow
+def test_send_path_reaches_45k_records_per_second(fake: FakeBroker) -> None:
+    assert _send_rate(fake, 90_000) > 45_000

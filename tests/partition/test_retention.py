@@ -1,0 +1,104 @@
+"""Retention: which segments may go, by time and by size."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from partition import PartitionState, retention_cut
+from tests.partition.test_support import FakeLog, fresh, make_batch, propose, propose_control
+
+HOUR = 3_600_000
+
+
+def log_with_timestamps(st_: PartitionState, timestamps: list[int]) -> FakeLog:
+    log = FakeLog()
+    propose_control(st_, log, 1)  # index 1: the leader's no-op
+    for ts in timestamps:
+        propose(st_, log, 1, make_batch(2, ts=ts))  # max timestamp = ts + 1
+    for e in log.entries:
+        st_.apply(e)
+    return log
+
+
+def test_retention_by_time() -> None:
+    st_ = fresh(retention_ms=10 * HOUR)
+    log_with_timestamps(st_, [0, HOUR, 2 * HOUR, 20 * HOUR, 21 * HOUR, 22 * HOUR])
+    # indexes: 1 noop, 2..7 batches; segments of two entries each, the last one active
+    segments = [(1, 2, 100), (3, 4, 100), (5, 6, 100), (7, 7, 50)]
+    now = 12 * HOUR
+    # (1,2) holds a no-op and a batch whose newest record is at 1 ms; (3,4) newest is
+    # 2h + 1 ms. Expired means now - newest > retention (Kafka), i.e. newest < now - 10h.
+    assert st_.retention_cut(segments, now) == 2  # horizon 2h: (3,4) kept
+    assert st_.retention_cut(segments, now + 1) == 2  # exactly 10h old: still kept
+    assert st_.retention_cut(segments, now + 2) == 4
+    assert st_.retention_cut(segments, 100 * HOUR) == 6  # never the active segment
+    assert st_.retention_cut(segments, 0) is None
+
+
+def test_retention_by_bytes() -> None:
+    st_ = fresh(retention_ms=-1, retention_bytes=250)
+    log_with_timestamps(st_, [0] * 6)
+    segments = [(1, 2, 100), (3, 4, 100), (5, 6, 100), (7, 7, 50)]  # 350 bytes
+    assert st_.retention_cut(segments, 10**15) == 2  # 350 - 100 = 250 <= 250: drop one
+    big = fresh(retention_ms=-1, retention_bytes=10_000)
+    log_with_timestamps(big, [0] * 6)
+    assert big.retention_cut(segments, 10**15) is None
+    small = fresh(retention_ms=-1, retention_bytes=1)
+    log_with_timestamps(small, [0] * 6)
+    assert small.retention_cut(segments, 10**15) == 6
+
+
+def test_retention_never_passes_applied() -> None:
+    st_ = fresh(retention_ms=HOUR)
+    log = FakeLog()
+    propose_control(st_, log, 1)
+    for _ in range(5):
+        propose(st_, log, 1, make_batch(1, ts=0))
+    st_.apply(log.entries[0])
+    st_.apply(log.entries[1])  # applied index 2
+    segments = [(1, 2, 10), (3, 4, 10), (5, 6, 10)]
+    assert st_.retention_cut(segments, 100 * HOUR) == 2
+
+
+def test_unknown_timestamps_stop_time_retention() -> None:
+    st_ = fresh(retention_ms=HOUR)
+    log_with_timestamps(st_, [0, 0, 0])
+    st_.on_compacted(3)
+    assert st_.retention_cut([(1, 2, 10), (3, 4, 10), (5, 5, 10)], 10 * HOUR) is None
+    assert st_.retention_cut([(3, 4, 10), (5, 5, 10)], 10 * HOUR) == 4
+
+
+@given(
+    sizes=st.lists(st.integers(1, 100), min_size=1, max_size=12),
+    limit=st.integers(1, 800),
+    ages=st.lists(st.integers(0, 100), min_size=12, max_size=12),
+    retention_ms=st.integers(1, 100),
+    applied_segments=st.integers(0, 12),
+)
+def test_against_naive_definition(
+    sizes: list[int], limit: int, ages: list[int], retention_ms: int, applied_segments: int
+) -> None:
+    segments = [(i * 10 + 1, i * 10 + 10, s) for i, s in enumerate(sizes)]
+    now = 1_000
+    ts = {i * 10 + 1: now - ages[i] for i in range(len(sizes))}
+    applied = applied_segments * 10
+    got = retention_cut(
+        segments,
+        applied_index=applied,
+        now_ms=now,
+        retention_ms=retention_ms,
+        retention_bytes=limit,
+        max_timestamp_ms=lambda lo, hi: ts[lo],
+    )
+
+    # naive: largest k such that every one of the first k segments is droppable
+    def droppable_prefix(k: int) -> bool:
+        if k >= len(segments) or (k and segments[k - 1][1] > applied):
+            return False
+        by_time = all(ts[s[0]] < now - retention_ms for s in segments[:k])
+        by_size = sum(sizes) - sum(sizes[:k]) >= limit
+        return by_time or by_size
+
+    best = max((k for k in range(len(segments)) if droppable_prefix(k)), default=0)
+    assert got == (segments[best - 1][1] if best else None)

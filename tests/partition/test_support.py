@@ -1,0 +1,95 @@
+"""Shared helpers for the partition tests: batches, a fake Raft log, a leader that stamps.
+
+(Named test_*.py because only those files are ours to write; it holds no tests itself.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from client.batch import Record, encode
+from partition import PartitionConfig, PartitionState
+from raft.types import ConfChange, ConfChangeType, Entry, EntryType
+
+
+def make_batch(
+    n: int = 1,
+    *,
+    pid: int = -1,
+    epoch: int = -1,
+    seq: int = -1,
+    ts: int = 1_000,
+    value: bytes = b"v",
+) -> bytes:
+    records = [Record(b"k%d" % i, value, ts + i) for i in range(n)]
+    return encode(records, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+
+
+def noop(index: int, term: int) -> Entry:
+    return Entry(index, term, EntryType.NORMAL, b"")
+
+
+def conf(index: int, term: int) -> Entry:
+    return Entry(
+        index, term, EntryType.CONF_CHANGE, ConfChange(ConfChangeType.ADD_VOTER, 2).encode()
+    )
+
+
+@dataclass
+class FakeLog:
+    """A Raft log as the runtime stores it: entries by index, starting at ``first``."""
+
+    entries: list[Entry] = field(default_factory=list)
+    first: int = 1
+    reads: int = 0
+
+    @property
+    def last_index(self) -> int:
+        return self.first + len(self.entries) - 1
+
+    def write(self, new: list[Entry]) -> None:
+        """Persist a Ready's entries: suffix truncation at new[0].index, like the storage."""
+        if not new:
+            return
+        del self.entries[new[0].index - self.first :]
+        assert new[0].index == self.last_index + 1
+        self.entries.extend(new)
+
+    def read(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """LogStorage.entries: at least one entry, then up to max_bytes of entry data."""
+        self.reads += 1
+        assert self.first <= lo < hi <= self.last_index + 1, (lo, hi, self.first)
+        out: list[Entry] = []
+        total = 0
+        for e in self.entries[lo - self.first : hi - self.first]:
+            if out and total + e.size() > max_bytes:
+                break
+            out.append(e)
+            total += e.size()
+        return out
+
+    def compact(self, first_kept: int) -> None:
+        del self.entries[: first_kept - self.first]
+        self.first = first_kept
+
+
+def propose(state: PartitionState, log: FakeLog, term: int, data: bytes) -> Entry:
+    """What a leader's runtime does: stamp, propose (append to its log), report."""
+    stamped, base, last = state.stamp(data)
+    e = Entry(log.last_index + 1, term, EntryType.NORMAL, stamped)
+    log.write([e])
+    state.on_log_append([e])
+    assert base == state.next_offset() - (last - base + 1)
+    return e
+
+
+def propose_control(state: PartitionState, log: FakeLog, term: int, kind: str = "noop") -> Entry:
+    idx = log.last_index + 1
+    e = noop(idx, term) if kind == "noop" else conf(idx, term)
+    log.write([e])
+    state.on_log_append([e])
+    return e
+
+
+def fresh(**config: int) -> PartitionState:
+    return PartitionState(PartitionConfig(**config))
