@@ -21,7 +21,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from raft.errors import InvariantViolation, StorageCorruption
@@ -44,7 +44,7 @@ class Replica(Protocol):
 
 
 class Group:
-    __slots__ = ("failed", "group_id", "last_persisted_index", "log", "node", "replica")
+    __slots__ = ("failed", "group_id", "last_persisted_index", "log", "node", "replica", "unsynced")
 
     def __init__(self, group_id: int, node: RawNode, log: DurableLog, replica: Replica) -> None:
         self.group_id = group_id
@@ -53,6 +53,7 @@ class Group:
         self.replica = replica
         self.failed: BaseException | None = None
         self.last_persisted_index = 0
+        self.unsynced = False  # a Ready of this group waits for a sync job to complete
 
 
 def _sync_logs(logs: list[DurableLog]) -> None:
@@ -167,10 +168,13 @@ class Runtime:
 
     # ------------------------------------------------------------------ one turn
     async def run_turn(self) -> None:
+        """One turn. Persistence is pipelined: the fsync of this turn's writes runs in the fsync
+        thread while later turns go on; ``on_persisted`` for this turn's Readies is reported
+        when it completes (jobs complete in submission order, so numbers only grow)."""
         self.turns += 1
         touched, self._touched = self._touched, set()
-        taken: list[tuple[Group, Ready]] = []
         to_sync: list[DurableLog] = []
+        covered: list[tuple[Group, int, int]] = []  # (group, ready number, last entry index)
         for gid in touched:
             group = self.groups.get(gid)
             if group is None or group.failed is not None:
@@ -180,44 +184,71 @@ class Runtime:
                     continue
                 rd = group.node.ready()
                 self._write(group, rd)
+                for msg in rd.messages:
+                    self.transport.enqueue(gid, msg)
+                self._apply(group, rd)
+                needs_sync = rd.must_sync or bool(rd.entries) or rd.snapshot is not None
+                if needs_sync:
+                    to_sync.append(group.log)
+                if needs_sync or group.unsynced:
+                    # Must wait for this turn's sync job (or an earlier one still running).
+                    group.unsynced = True
+                    last = rd.entries[-1].index if rd.entries else 0
+                    covered.append((group, rd.number, last))
+                else:
+                    group.node.on_persisted(rd.number)
+                    if group.node.has_ready():
+                        self._touched.add(gid)
             except (InvariantViolation, StorageCorruption) as exc:
                 self._fail(group, exc)
-                continue
-            for msg in rd.messages:
-                self.transport.enqueue(gid, msg)
-            taken.append((group, rd))
-            if rd.must_sync or rd.entries or rd.snapshot is not None:
-                to_sync.append(group.log)
         self.transport.flush()
-        if not taken:
-            return
-        if to_sync and self.fsync:
-            self.fsync_passes += 1
-            await asyncio.get_running_loop().run_in_executor(self._fsync_pool, _sync_logs, to_sync)
-        for group, rd in taken:
-            if group.failed is not None:
-                continue
-            try:
-                group.node.on_persisted(rd.number)
-                if rd.snapshot is not None and not rd.snapshot.is_empty():
-                    # An installed snapshot is applied state (the replica restored it above).
-                    group.node.advance_apply(rd.snapshot.metadata.index)
-                if rd.entries:
-                    group.last_persisted_index = rd.entries[-1].index
-                    group.replica.on_persisted(rd.entries[-1].index)
-                if rd.committed_entries:
-                    group.replica.apply(rd.committed_entries)
-                    group.node.advance_apply(rd.committed_entries[-1].index)
-                if rd.read_states:
-                    group.replica.on_read_states(rd.read_states)
-                if group.node.has_ready():
-                    self._touched.add(group.group_id)
-            except (InvariantViolation, StorageCorruption) as exc:
-                self._fail(group, exc)
+        if covered:
+            if to_sync and self.fsync:
+                self.fsync_passes += 1
+            job = self._fsync_pool.submit(_sync_logs, to_sync if self.fsync else [])
+            loop = asyncio.get_running_loop()
+            job.add_done_callback(lambda f: loop.call_soon_threadsafe(self._on_synced, f, covered))
         if self._touched:
             self._wake.set()
         for hook in self.on_turn_end:
             hook()
+
+    def _apply(self, group: Group, rd: Ready) -> None:
+        """Committed entries are durable on a quorum, so they are applied at once, without
+        waiting for this node's own fsync (a crash re-applies them from the log on restart)."""
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            # An installed snapshot is applied state (the replica restored it in _write).
+            group.node.advance_apply(rd.snapshot.metadata.index)
+        if rd.committed_entries:
+            group.replica.apply(rd.committed_entries)
+            group.node.advance_apply(rd.committed_entries[-1].index)
+        if rd.read_states:
+            group.replica.on_read_states(rd.read_states)
+
+    def _on_synced(self, job: Future[None], covered: list[tuple[Group, int, int]]) -> None:
+        error = job.exception()
+        pending_numbers: dict[int, int] = {}
+        for group, number, last in covered:
+            if group.failed is not None:
+                continue
+            if error is not None:
+                self._fail(group, error)
+                continue
+            try:
+                group.node.on_persisted(number)
+                if last:
+                    group.last_persisted_index = last
+                    group.replica.on_persisted(last)
+            except (InvariantViolation, StorageCorruption) as exc:
+                self._fail(group, exc)
+                continue
+            pending_numbers[group.group_id] = number
+            self._touched.add(group.group_id)
+        for group, number, _last in covered:
+            if pending_numbers.get(group.group_id) == number:
+                # No later turn of this group is waiting on a newer job.
+                group.unsynced = group.node.raft.next_ready_number - 1 > number
+        self._wake.set()
 
     def _write(self, group: Group, rd: Ready) -> None:
         if rd.snapshot is not None and not rd.snapshot.is_empty():

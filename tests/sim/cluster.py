@@ -100,6 +100,7 @@ class SimCluster:
         self.value_seq = 0
         self.conf_change_pending_index = 0
         self.membership_log: list[str] = []
+        self.scratch: dict[str, Any] = {}  # state private to the fault schedule
 
     # -- node lifecycle -------------------------------------------------------------------
 

@@ -52,6 +52,11 @@ class FaultProfile:
     max_dup_rate: float = 0.1
     max_fsync_steps: int = 3
     max_size_per_msg: int = 4096
+    # Probability that a newly elected leader is crashed 1..kill_new_leader_max_steps later:
+    # leaders that die mid-replication leave the Figure 8 shape (old-term entries on a
+    # majority, the new term's entry not yet), the case commit-by-counting gets wrong.
+    kill_new_leader_rate: float = 0.0
+    kill_new_leader_max_steps: int = 6
 
 
 PROFILES: dict[str, FaultProfile] = {
@@ -79,6 +84,21 @@ PROFILES: dict[str, FaultProfile] = {
         propose_rate=0.6,
         max_drop_rate=0.3,
         max_size_per_msg=1,  # one entry per append: old-term entries travel alone
+    ),
+    # Figure 8 (Raft paper §5.4.2): kill new leaders quickly, one entry per append.
+    "figure8": FaultProfile(
+        name="figure8",
+        crash_rate=0.01,
+        min_down_steps=1,
+        max_down_steps=20,
+        partition_rate=0.03,
+        membership_rate=0.0,
+        transfer_rate=0.0,
+        propose_rate=0.6,
+        max_drop_rate=0.3,
+        max_size_per_msg=1,
+        kill_new_leader_rate=0.7,
+        kill_new_leader_max_steps=8,
     ),
 }
 
@@ -172,6 +192,8 @@ def _run(
 
 
 def inject_faults(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -> None:
+    if prof.kill_new_leader_rate > 0:
+        kill_new_leaders(cluster, prof, rng)
     for node in list(cluster.nodes.values()):
         if node.raw is None and node.crashed_until is not None and not node.removed:
             if cluster.now >= node.crashed_until:
@@ -199,6 +221,21 @@ def inject_faults(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -
                 pass
     if rng.random() < prof.membership_rate:
         change_membership(cluster, rng)
+
+
+def kill_new_leaders(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -> None:
+    seen = cluster.scratch.setdefault("elections_seen", 0)
+    kills: dict[int, int] = cluster.scratch.setdefault("kills", {})
+    terms = sorted(cluster.inv.elections)
+    for term in terms[seen:] if isinstance(seen, int) else []:
+        if rng.random() < prof.kill_new_leader_rate:
+            at = cluster.now + rng.randint(1, prof.kill_new_leader_max_steps)
+            kills[cluster.inv.elections[term]] = at
+    cluster.scratch["elections_seen"] = len(terms)
+    for node_id, at in list(kills.items()):
+        if cluster.now >= at:
+            del kills[node_id]
+            cluster.crash(node_id, rng.randint(prof.min_down_steps, prof.max_down_steps))
 
 
 def change_partition(cluster: SimCluster, rng: random.Random) -> None:

@@ -1,0 +1,243 @@
+"""End-to-end benchmarks against a real local cluster (3 brokers on loopback by default).
+
+    .venv/bin/python bench/cluster.py produce  [--replicas 3] [--partitions 3] [--records 100000]
+    .venv/bin/python bench/cluster.py latency  [--rate 22000] [--seconds 10]
+    .venv/bin/python bench/cluster.py consume  [--records 100000]
+    .venv/bin/python bench/cluster.py failover [--runs 5]
+    .venv/bin/python bench/cluster.py all
+
+Every run starts its own brokers (fsync always unless --fsync never) in a temp dir with the same
+command line users type, prints the interpreter, the settings and the figures, ends with a
+``RESULT ...`` line per figure, and stops every process it started. Load loops are bounded by
+count and by time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from client.admin import AdminClient  # noqa: E402
+from client.config import ConsumerConfig, ProducerConfig  # noqa: E402
+from client.consumer import Consumer  # noqa: E402
+from client.producer import Producer  # noqa: E402
+from tests.integration.harness import LocalCluster  # noqa: E402
+
+MAX_SECONDS = 120.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = tempfile.TemporaryDirectory(prefix="replog-bench-")
+        settings = [f"storage.fsync={args.fsync}"]
+        self.cluster = LocalCluster(Path(self.tmp.name), nodes=args.brokers, settings=settings)
+
+    async def __aenter__(self) -> Bench:
+        self.cluster.start()
+        await self.cluster.wait_ready(60)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cluster.stop_all()
+        self.tmp.cleanup()
+
+    async def create(self, name: str, partitions: int, replicas: int) -> None:
+        async with AdminClient(self.cluster.bootstrap) as admin:
+            await admin.create_topic(name, partitions, replicas)
+        for p in range(partitions):
+            await self.cluster.partition_leader(name, p)
+
+    def producer_config(self) -> ProducerConfig:
+        a = self.args
+        return ProducerConfig(linger_ms=a.linger_ms, batch_bytes=a.batch_bytes, acks=a.acks)
+
+
+async def produce(b: Bench, topic: str, records: int, record_bytes: int, partitions: int) -> dict:
+    value = b"x" * record_bytes
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    async with Producer(b.cluster.bootstrap, b.producer_config()) as producer:
+        # Warm up: metadata, producer id, leaders, connections.
+        await asyncio.gather(
+            *[await producer.send(topic, value, partition=p) for p in range(partitions)]
+        )
+        start = loop.time()
+        deadline = start + MAX_SECONDS
+        sent = 0
+        futs = []
+        while sent < records and loop.time() < deadline:
+            t0 = loop.time()
+            fut = await producer.send(topic, value, partition=sent % partitions)
+            fut.add_done_callback(lambda _f, t0=t0: latencies.append(loop.time() - t0))
+            futs.append(fut)
+            sent += 1
+            if sent % 64 == 0:
+                await asyncio.sleep(0)  # let the producer's sender tasks run
+        await producer.flush()
+        await asyncio.gather(*futs)
+        elapsed = loop.time() - start
+    return {
+        "records": sent,
+        "seconds": elapsed,
+        "records_per_s": sent / elapsed,
+        "mb_per_s": sent * record_bytes / elapsed / 1e6,
+        "p50_ms": pct(latencies, 0.50) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+        "p999_ms": pct(latencies, 0.999) * 1000,
+    }
+
+
+async def paced(
+    b: Bench, topic: str, rate: float, seconds: float, record_bytes: int, partitions: int
+) -> dict:
+    """Sends at a fixed rate (records/s) and measures send-to-ack latency of every record."""
+    value = b"x" * record_bytes
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    async with Producer(b.cluster.bootstrap, b.producer_config()) as producer:
+        await asyncio.gather(
+            *[await producer.send(topic, value, partition=p) for p in range(partitions)]
+        )
+        start = loop.time()
+        sent = 0
+        futs = []
+        tick = 0.001  # send in 1 ms slices so pacing costs no per-record sleep
+        while loop.time() - start < seconds:
+            due = int((loop.time() - start) * rate)
+            while sent < due:
+                t0 = loop.time()
+                fut = await producer.send(topic, value, partition=sent % partitions)
+                fut.add_done_callback(lambda _f, t0=t0: latencies.append(loop.time() - t0))
+                futs.append(fut)
+                sent += 1
+            await asyncio.sleep(tick)
+        await producer.flush()
+        await asyncio.gather(*futs)
+        elapsed = loop.time() - start
+    return {
+        "offered_rate": rate,
+        "achieved_rate": sent / elapsed,
+        "records": sent,
+        "p50_ms": pct(latencies, 0.50) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+        "p999_ms": pct(latencies, 0.999) * 1000,
+        "max_ms": max(latencies) * 1000,
+    }
+
+
+async def consume(b: Bench, topic: str, partitions: int, expect: int, record_bytes: int) -> dict:
+    got = 0
+    loop = asyncio.get_running_loop()
+    async with Consumer(b.cluster.bootstrap, ConsumerConfig(auto_offset_reset="earliest")) as c:
+        c.assign([(topic, p) for p in range(partitions)])
+        c.seek_to_beginning()
+        start = loop.time()
+        while got < expect and loop.time() - start < MAX_SECONDS:
+            got += len(await c.poll(1.0))
+        elapsed = loop.time() - start
+    return {
+        "records": got,
+        "records_per_s": got / elapsed,
+        "mb_per_s": got * record_bytes / elapsed / 1e6,
+    }
+
+
+async def failover_once(b: Bench, topic: str) -> float:
+    """SIGKILL the partition leader while appending one record at a time; returns seconds from
+    the kill until the next append is acknowledged."""
+    leader = await b.cluster.partition_leader(topic, 0)
+    cfg = ProducerConfig(linger_ms=0, retry_backoff_ms=10, retry_backoff_max_ms=50)
+    async with Producer(b.cluster.live_bootstrap(), cfg) as producer:
+        for _ in range(20):  # steady state first
+            await (await producer.send(topic, b"before", partition=0))
+        b.cluster.kill(leader)
+        killed = time.monotonic()
+        await (await producer.send(topic, b"after", partition=0))
+        took = time.monotonic() - killed
+    b.cluster.start(leader)  # bring it back for the next run
+    await b.cluster.wait_ready(60)
+    return took
+
+
+def header(args: argparse.Namespace) -> None:
+    print(f"python {platform.python_implementation()} {platform.python_version()} {sys.executable}")
+    print(
+        f"brokers={args.brokers} fsync={args.fsync} acks={args.acks} record_bytes={args.record_bytes} "
+        f"batch_bytes={args.batch_bytes} linger_ms={args.linger_ms}"
+    )
+
+
+def show(name: str, result: dict) -> None:
+    figures = " ".join(
+        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
+    )
+    print(f"RESULT {name} {figures}", flush=True)
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("what", choices=["produce", "latency", "consume", "failover", "all"])
+    ap.add_argument("--brokers", type=int, default=3)
+    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--record-bytes", type=int, default=1024)
+    ap.add_argument("--batch-bytes", type=int, default=256 << 10)
+    ap.add_argument("--linger-ms", type=int, default=5)
+    ap.add_argument("--acks", default="all", choices=["all", "leader"])
+    ap.add_argument("--fsync", default="always", choices=["always", "never"])
+    ap.add_argument("--rate", type=float, default=22_000.0)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    header(args)
+    whats = ["produce", "consume", "latency", "failover"] if args.what == "all" else [args.what]
+    async with Bench(args) as b:
+        if "produce" in whats or "consume" in whats:
+            await b.create("bench", args.partitions, args.replicas)
+            r = await produce(b, "bench", args.records, args.record_bytes, args.partitions)
+            show(f"produce R{args.replicas} P{args.partitions}", r)
+            if "consume" in whats:
+                show(
+                    "consume",
+                    await consume(b, "bench", args.partitions, r["records"], args.record_bytes),
+                )
+        if "latency" in whats:
+            await b.create("paced", args.partitions, args.replicas)
+            r = await paced(b, "paced", args.rate, args.seconds, args.record_bytes, args.partitions)
+            show(f"latency R{args.replicas} P{args.partitions} rate={args.rate:.0f}/s", r)
+        if "failover" in whats:
+            await b.create("fo", 1, args.replicas)
+            times = [await failover_once(b, "fo") for _ in range(args.runs)]
+            show(
+                "failover",
+                {
+                    "runs": len(times),
+                    "median_s": statistics.median(times),
+                    "max_s": max(times),
+                    "all_s": "/".join(f"{t:.2f}" for t in times),
+                },
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
