@@ -67,6 +67,7 @@ class Broker:
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._reconcile_scheduled = False
+        self._opening: set[int] = set()
         self._layout_seen = -1
         self._leader_reports: dict[int, int] = {}
         self.stopping = False
@@ -240,6 +241,19 @@ class Broker:
         replicas: tuple[int, ...],
         config: dict[str, str],
     ) -> PartitionReplica:
+        loaded = self._load_partition(group_id, topic, partition, replicas, config)
+        return self._register_partition(group_id, topic, partition, replicas, config, *loaded)
+
+    def _load_partition(
+        self,
+        group_id: int,
+        topic: str,
+        partition: int,
+        replicas: tuple[int, ...],
+        config: dict[str, str],
+    ) -> tuple[DurableLog, PartitionState, bool]:
+        """The blocking part of opening a replica (files, fsyncs, replaying the retained log):
+        runs in a worker thread for replicas created while the broker serves."""
         gdir = self.data_dir / "partitions" / str(group_id)
         fresh = not (gdir / "group.json").exists()
         gdir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +271,6 @@ class Broker:
                 )
             )
             os.replace(tmp, gdir / "group.json")
-        pcfg = self._partition_config(config)
         log = DurableLog(
             gdir,
             conf_state=ConfState(voters=frozenset(replicas)),
@@ -265,7 +278,7 @@ class Broker:
             fsync="always" if self.cfg.storage.fsync == "always" else "never",
             logger=self._raft_logger(group_id),
         )
-        state = PartitionState(pcfg)
+        state = PartitionState(self._partition_config(config))
         snap = log.snapshot()
         if not snap.is_empty():
             state.restore(snap.data, snap.metadata.index)
@@ -276,6 +289,20 @@ class Broker:
             chunk = log.entries(lo, last + 1, 8 << 20)
             state.on_log_append(chunk)
             lo = chunk[-1].index + 1
+        return log, state, fresh
+
+    def _register_partition(
+        self,
+        group_id: int,
+        topic: str,
+        partition: int,
+        replicas: tuple[int, ...],
+        config: dict[str, str],
+        log: DurableLog,
+        state: PartitionState,
+        fresh: bool,
+    ) -> PartitionReplica:
+        pcfg = self._partition_config(config)
         node = RawNode(
             self._raft_config(),
             log,
@@ -336,11 +363,13 @@ class Broker:
         wanted: dict[int, PartitionAssignment] = {
             a.group_id: a for a in state.assignments_for(self.node_id)
         }
+        to_open = []
         for group_id, a in wanted.items():
             replica = self.partitions.get(group_id)
             if replica is None:
-                topic = state.topics[a.topic]
-                self._open_partition(group_id, a.topic, a.partition, a.replicas, dict(topic.config))
+                if group_id not in self._opening:
+                    self._opening.add(group_id)
+                    to_open.append((a, dict(state.topics[a.topic].config)))
             elif replica.replicas != a.replicas:
                 # The preferred replica moved (a leadership transfer or a reassignment).
                 replica.replicas = a.replicas
@@ -353,6 +382,36 @@ class Broker:
                 self._close_partition(group_id, delete=True)
         if self.metadata.role == Role.LEADER:
             self._add_learners_for_registered_brokers()
+        if to_open:
+            task = asyncio.get_running_loop().create_task(
+                self._open_new_partitions(to_open), name="open-partitions"
+            )
+            self._tasks.append(task)
+
+    async def _open_new_partitions(
+        self, items: list[tuple[PartitionAssignment, dict[str, str]]]
+    ) -> None:
+        """Opens replicas assigned to this broker, the file work in a worker thread so the
+        event loop keeps serving (a topic of 1,000 partitions means 1,000 directories)."""
+        for a, config in items:
+            try:
+                if self.stopping:
+                    return
+                loaded = await asyncio.to_thread(
+                    self._load_partition, a.group_id, a.topic, a.partition, a.replicas, config
+                )
+                current = self.metadata.state
+                if a.group_id in {x.group_id for x in current.assignments_for(self.node_id)}:
+                    self._register_partition(
+                        a.group_id, a.topic, a.partition, a.replicas, config, *loaded
+                    )
+                else:
+                    loaded[0].close()  # deleted or moved meanwhile
+            except Exception as exc:
+                self.log.exception("partition_open_failed", group_id=a.group_id, error=repr(exc))
+            finally:
+                self._opening.discard(a.group_id)
+        self._tasks = [t for t in self._tasks if not t.done()]
 
     def _add_learners_for_registered_brokers(self) -> None:
         """Brokers that are not metadata voters follow the metadata group as learners."""

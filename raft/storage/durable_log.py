@@ -18,8 +18,11 @@ Directory layout: ``state`` (hard state + bootstrap ConfState), ``snapshot``, an
 files named by their first index (see ``segment``). Small files are replaced atomically.
 
 Durability rules (default ``fsync="always"``)
-- Term and vote are durable when ``save_hard_state`` returns (temp file, fsync, rename, fsync
-  dir): a vote must never be forgotten (thesis §3.8). A change of ``commit`` alone is kept in
+- A term or vote change is durable when the next ``sync()`` returns (temp file, fsync,
+  rename, fsync dir, done inside ``sync()`` so the event-loop thread never waits on the disk);
+  the Raft core holds back every message that depends on it until the runtime reports that
+  sync (``on_persisted``), so a vote is never announced before it is durable (thesis §3.8).
+  A change of ``commit`` alone is kept in
   memory and written lazily -- with the next term/vote change, by ``sync()`` at most every
   ``commit_flush_interval_s`` (1 s), and at ``close()``. This is safe because the commit
   index is volatile state in Raft (thesis §3.8, Figure 3.1): a restarted node relearns it
@@ -119,6 +122,7 @@ class DurableLog:
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._hs_lock = threading.Lock()
+        self._vote_dirty = False  # a term/vote change awaits the next sync()
         self._closed = False
         self._failure: OSError | None = None
         self._fsyncs_performed = 0
@@ -337,7 +341,7 @@ class DurableLog:
             self._hs = hs
             written = self._hs_written
             if hs.term != written.term or hs.vote != written.vote:
-                self._write_hard_state_locked(hs)
+                self._vote_dirty = True  # written by the next sync()
 
     def save_snapshot(self, snap: Snapshot) -> None:
         """Store a snapshot taken locally, then compact the log up to it (or reset the log
@@ -411,7 +415,7 @@ class DurableLog:
     @property
     def dirty(self) -> bool:
         """Whether something was written since the last ``sync()`` began."""
-        return bool(self._dirty) or self._dir_dirty
+        return bool(self._dirty) or self._dir_dirty or self._vote_dirty
 
     @property
     def fsyncs_performed(self) -> int:
@@ -445,6 +449,10 @@ class DurableLog:
             finally:
                 for fd in fds:
                     os.close(fd)
+            with self._hs_lock:
+                if self._vote_dirty:
+                    self._vote_dirty = False
+                    self._write_hard_state_locked(self._hs)
             self._maybe_flush_commit(force=False)
 
     def close(self) -> None:

@@ -263,12 +263,15 @@ def test_snapshot_matching_the_log_keeps_later_entries_at_open(tmp_path: Path) -
         assert reopened.entries(21, 31) == make_entries(21, 31, term=1)
 
 
-def test_term_and_vote_are_written_at_once_commit_lazily(tmp_path: Path) -> None:
+def test_term_and_vote_are_written_by_the_next_sync_commit_lazily(tmp_path: Path) -> None:
     now = [0.0]
     log = DurableLog(tmp_path, commit_flush_interval_s=1.0, clock=lambda: now[0])
     stored = HardStateFile(tmp_path, fsync=False)
     log.append(make_entries(1, 11, term=1))
     log.save_hard_state(HardState(term=1, vote=2, commit=0))
+    assert log.dirty
+    assert stored.load() == (HardState(0, 0, 0), ConfState())  # not before sync()
+    log.sync()
     assert stored.load() == (HardState(1, 2, 0), ConfState())
     log.save_hard_state(HardState(term=1, vote=2, commit=5))
     assert stored.load() == (HardState(1, 2, 0), ConfState())  # commit alone: lazy
@@ -279,6 +282,7 @@ def test_term_and_vote_are_written_at_once_commit_lazily(tmp_path: Path) -> None
     assert stored.load() == (HardState(1, 2, 5), ConfState())
     log.save_hard_state(HardState(term=1, vote=2, commit=7))
     log.save_hard_state(HardState(term=2, vote=0, commit=8))  # term change carries commit
+    log.sync()
     assert stored.load() == (HardState(2, 0, 8), ConfState())
     log.save_hard_state(HardState(term=2, vote=0, commit=9))
     log.close()  # close writes the pending commit

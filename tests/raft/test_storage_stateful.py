@@ -141,19 +141,23 @@ class DurableLogMachine(RuleBasedStateMachine):
         hs = HardState(term=term, vote=vote, commit=min(self.hs.commit + commit_delta, self.last))
         self.log.save_hard_state(hs)
         if (hs.term, hs.vote) != (self.hs_written.term, self.hs_written.vote):
-            self.hs_written = hs
+            self.vote_pending = True  # durable at the next sync()
         self.hs = hs
 
     @rule()
     def sync(self) -> None:
         self.log.sync()
         assert not self.log.dirty
+        if getattr(self, "vote_pending", False):
+            self.hs_written = self.hs  # sync() writes the latest hard state
+            self.vote_pending = False
 
     @rule()
     def reopen(self) -> None:
         self.log.close()
         self.log = self.open()
         self.hs_written = self.hs
+        self.vote_pending = False
         self.check_recovered_state()
 
     @rule()
@@ -161,6 +165,7 @@ class DurableLogMachine(RuleBasedStateMachine):
         for segment in self.log._segments.values():  # abandon: no sync, no commit write
             segment.close()
         self.log = self.open()
+        self.vote_pending = False
         self.hs = HardState(self.hs_written.term, self.hs_written.vote, self.hs_written.commit)
         self.check_recovered_state()
 

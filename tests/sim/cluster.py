@@ -101,6 +101,7 @@ class SimCluster:
         self.conf_change_pending_index = 0
         self.membership_log: list[str] = []
         self.scratch: dict[str, Any] = {}  # state private to the fault schedule
+        self.leader_commits: list[int] = []  # leaders whose commit advanced this step
 
     # -- node lifecycle -------------------------------------------------------------------
 
@@ -159,10 +160,14 @@ class SimCluster:
     def members(self) -> list[SimNode]:
         return [n for _, n in sorted(self.nodes.items()) if not n.removed]
 
-    def crash(self, node_id: int, down_steps: int) -> None:
+    def crash(self, node_id: int, down_steps: int, lose_outbox: bool = False) -> None:
+        """Kill the node: un-fsynced writes are lost; with ``lose_outbox`` so are the
+        messages it sent that are still in flight (a killed process's socket buffers)."""
         node = self.nodes[node_id]
         if node.raw is None:
             return
+        if lose_outbox:
+            self.net.drop_from(node_id)
         lost = node.disk.crash()
         node.raw = None
         node.crashed_until = self.now + down_steps
@@ -324,6 +329,8 @@ class SimCluster:
     def on_commit_advanced(self, node: SimNode, raw: RawNode, commit: int) -> None:
         st = raw.status()
         leader_term = st.term if st.role == Role.LEADER else None
+        if leader_term is not None:
+            self.leader_commits.append(node.node_id)
         storage = node.disk.storage
         lo = max(node.last_commit + 1, storage.first_index())
         hi = min(commit, storage.last_index())

@@ -94,6 +94,16 @@ class SimNetwork:
         if msg.type == MessageType.SNAPSHOT:
             self.snapshot_outcomes.append((msg, ok))
 
+    def drop_from(self, node_id: int) -> int:
+        """Forget in-flight messages sent by ``node_id`` (its send buffers died with it)."""
+        before = len(self._queue)
+        lost = [q for q in self._queue if q[2].from_ == node_id]
+        for q in lost:
+            self._note_snapshot(q[2], False)
+        self._queue = [q for q in self._queue if q[2].from_ != node_id]
+        heapq.heapify(self._queue)
+        return before - len(self._queue)
+
     def drop_to(self, node_id: int) -> None:
         """Forget in-flight messages addressed to ``node_id`` (used when it is removed)."""
         self._queue = [q for q in self._queue if q[2].to != node_id]

@@ -57,6 +57,13 @@ class FaultProfile:
     # majority, the new term's entry not yet), the case commit-by-counting gets wrong.
     kill_new_leader_rate: float = 0.0
     kill_new_leader_max_steps: int = 6
+    # Probability that a leader is crashed right after its commit index advances (before
+    # the next step delivers anything): a leader dying just after committing.
+    kill_after_commit_rate: float = 0.0
+    # Probability that a newly elected leader is cut off from everyone at once (its first
+    # appends die on the wire while it keeps taking proposals: conflicting tails).
+    isolate_new_leader_rate: float = 0.0
+    lose_outbox_rate: float = 0.3  # chance a crash also loses the node's in-flight messages
 
 
 PROFILES: dict[str, FaultProfile] = {
@@ -99,6 +106,8 @@ PROFILES: dict[str, FaultProfile] = {
         max_size_per_msg=1,
         kill_new_leader_rate=0.7,
         kill_new_leader_max_steps=8,
+        kill_after_commit_rate=0.5,
+        lose_outbox_rate=0.9,
     ),
 }
 
@@ -192,8 +201,8 @@ def _run(
 
 
 def inject_faults(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -> None:
-    if prof.kill_new_leader_rate > 0:
-        kill_new_leaders(cluster, prof, rng)
+    if prof.kill_new_leader_rate > 0 or prof.isolate_new_leader_rate > 0:
+        target_new_leaders(cluster, prof, rng)
     for node in list(cluster.nodes.values()):
         if node.raw is None and node.crashed_until is not None and not node.removed:
             if cluster.now >= node.crashed_until:
@@ -201,7 +210,11 @@ def inject_faults(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -
     live = cluster.live()
     if live and rng.random() < prof.crash_rate:
         victim = rng.choice(live)
-        cluster.crash(victim.node_id, rng.randint(prof.min_down_steps, prof.max_down_steps))
+        cluster.crash(
+            victim.node_id,
+            rng.randint(prof.min_down_steps, prof.max_down_steps),
+            lose_outbox=rng.random() < prof.lose_outbox_rate,
+        )
     if rng.random() < prof.partition_rate:
         change_partition(cluster, rng)
     if rng.random() < prof.net_change_rate:
@@ -223,19 +236,37 @@ def inject_faults(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -
         change_membership(cluster, rng)
 
 
-def kill_new_leaders(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -> None:
+def target_new_leaders(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -> None:
+    for node_id in cluster.leader_commits:
+        if rng.random() < prof.kill_after_commit_rate:
+            cluster.crash(
+                node_id,
+                rng.randint(prof.min_down_steps, prof.max_down_steps),
+                lose_outbox=rng.random() < prof.lose_outbox_rate,
+            )
+    cluster.leader_commits.clear()
     seen = cluster.scratch.setdefault("elections_seen", 0)
     kills: dict[int, int] = cluster.scratch.setdefault("kills", {})
     terms = sorted(cluster.inv.elections)
     for term in terms[seen:] if isinstance(seen, int) else []:
-        if rng.random() < prof.kill_new_leader_rate:
+        if rng.random() < prof.isolate_new_leader_rate:
+            leader_id = cluster.inv.elections[term]
+            others = {n.node_id for n in cluster.members()} - {leader_id}
+            cluster.net.heal()
+            cluster.net.isolate(leader_id, others)
+            cluster._log("sim_partition", kind="isolate_new_leader", node_id=leader_id)
+        elif rng.random() < prof.kill_new_leader_rate:
             at = cluster.now + rng.randint(1, prof.kill_new_leader_max_steps)
             kills[cluster.inv.elections[term]] = at
     cluster.scratch["elections_seen"] = len(terms)
     for node_id, at in list(kills.items()):
         if cluster.now >= at:
             del kills[node_id]
-            cluster.crash(node_id, rng.randint(prof.min_down_steps, prof.max_down_steps))
+            cluster.crash(
+                node_id,
+                rng.randint(prof.min_down_steps, prof.max_down_steps),
+                lose_outbox=rng.random() < prof.lose_outbox_rate,
+            )
 
 
 def change_partition(cluster: SimCluster, rng: random.Random) -> None:
