@@ -161,7 +161,14 @@ async def consume(b: Bench, topic: str, partitions: int, expect: int, record_byt
 async def failover_once(b: Bench, topic: str) -> float:
     """SIGKILL the partition leader while appending one record at a time; returns seconds from
     the kill until the next append is acknowledged."""
+    # Leadership must be settled (a restarted preferred replica takes it back by priority).
     leader = await b.cluster.partition_leader(topic, 0)
+    for _ in range(20):
+        await asyncio.sleep(0.5)
+        again = await b.cluster.partition_leader(topic, 0)
+        if again == leader:
+            break
+        leader = again
     cfg = ProducerConfig(linger_ms=0, retry_backoff_ms=10, retry_backoff_max_ms=50)
     async with Producer(b.cluster.live_bootstrap(), cfg) as producer:
         for _ in range(20):  # steady state first
@@ -170,6 +177,8 @@ async def failover_once(b: Bench, topic: str) -> float:
         killed = time.monotonic()
         await (await producer.send(topic, b"after", partition=0))
         took = time.monotonic() - killed
+    new_leader = await b.cluster.partition_leader(topic, 0)
+    assert new_leader != leader, f"leader {leader} still leads after SIGKILL?"
     b.cluster.start(leader)  # bring it back for the next run
     await b.cluster.wait_ready(60)
     return took

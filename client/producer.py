@@ -6,21 +6,37 @@ Contract:
   object, no task, no copy beyond the builder's encoding (the throughput target is ~45,000
   1 KiB records/s on one core).
 - A batch closes when it reaches ``batch_bytes`` or when ``linger_ms`` has passed since its first
-  record (or on ``flush()``/``close()``). Each partition's sender task sends its closed batches
-  one at a time, oldest first (``max_in_flight`` = 1), so order within a partition holds across
-  retries and leader changes by construction: batch n+1 is not sent before batch n is settled.
+  record (or on ``flush()``/``close()``). ``send()`` yields to the event loop when a partition
+  has more than ``max_in_flight`` closed batches waiting (and every 256 sends), so the senders
+  run even if the caller loops on ``await send()``.
+- Each partition's sender task seals its closed batches oldest first (consecutive sequences)
+  and pipelines them: up to ``max_in_flight`` (1..5) sealed batches per partition, counted
+  from the oldest unacknowledged one, so every batch that may need a retry is still in the
+  broker's 5-batch deduplication window. The requests of one partition are issued in
+  sequence order (one gRPC channel per broker keeps them in that order).
 - Idempotence (on by default, Kafka's KIP-98 scheme): one InitProducerId, then each batch gets
   ``base_sequence`` = the partition's next sequence when it is first sealed, and keeps its
   bytes (hence its sequence) across every retry, so the broker acknowledges a retry of a batch
-  it already appended with the original offsets (``duplicate``) instead of appending it twice.
-- Errors: retriable ones are retried (a ``NotLeader`` hint is followed, ``refresh_metadata``
-  errors refresh the cache) with exponential back-off until ``delivery_timeout_ms`` after the
-  batch opened; then, or on a non-retriable error, the batch's record futures fail with the
-  error. ``OUT_OF_ORDER_SEQUENCE`` means the broker does not know our previous batch (it was
-  lost or failed): the batch was rejected, so it is resealed under a fresh producer id
-  (sequences restart at 0) and sent again - without a duplicate.
-- No task dies silently: a sender that crashes fails every pending future of its partition,
-  and later ``send()`` calls raise the crash.
+  it already appended with the original offsets (``duplicate``) instead of appending it twice,
+  and rejects a batch whose predecessor is missing (``OUT_OF_ORDER_SEQUENCE``) instead of
+  appending it out of order. A partition switches to a new producer id only when none of its
+  batches sealed under the old one is unacknowledged (or when it reseals all of them, below).
+  Without idempotence the broker cannot reject an overtaking batch, so each partition sends
+  one batch at a time whatever ``max_in_flight`` says.
+- Recovery keeps order: when any request of a partition fails, the partition stops sending new
+  batches, waits until every one of its requests has settled, then resends its unacknowledged
+  batches strictly in sequence order, one at a time (same bytes, same sequence), and only then
+  pipelines again. Retriable errors are retried (a ``NotLeader`` hint is followed,
+  ``refresh_metadata`` errors refresh the cache) with exponential back-off until
+  ``delivery_timeout_ms`` after the batch opened; then, or on a non-retriable error, the
+  batch's record futures fail with the error. ``OUT_OF_ORDER_SEQUENCE`` for a batch behind an
+  unacknowledged one is expected (its predecessor is being retried): it is just resent after
+  it. For the oldest unacknowledged batch it means the broker does not know our previous batch
+  (it was lost or failed): that batch was rejected, so it and every unacknowledged batch
+  after it are resealed under a fresh producer id (sequences restart at 0) and sent again, in
+  order - without a duplicate.
+- No task dies silently: a sender (or one of its request tasks) that crashes fails every
+  pending future of its partition, and later ``send()`` calls raise the crash.
 
 Never imports server/, metadata/, partition/ or raft/.
 """
@@ -68,11 +84,13 @@ class _Batch:
     """One batch on its way: the builder, one future per record, and once sealed its bytes."""
 
     __slots__ = (
+        "attempts",
         "base_sequence",
         "builder",
         "created_s",
         "done",
         "futures",
+        "last_error",
         "payload",
         "producer_id",
         "size_bytes",
@@ -89,6 +107,8 @@ class _Batch:
         self.producer_id = -1
         self.base_sequence = -1
         self.size_bytes = 0  # bytes charged against buffer_bytes
+        self.attempts = 0  # failed Produce attempts (the back-off exponent)
+        self.last_error: ReplogError | None = None
 
     def fail(self, error: BaseException) -> None:
         for future in self.futures:
@@ -106,31 +126,47 @@ class _Batch:
 
 
 class _Partition:
-    """Accumulator + sender state of one partition."""
+    """Accumulator + sender state of one partition.
+
+    ``ready`` holds closed batches not sealed yet; ``window`` the sealed ones in sequence order,
+    from the oldest unacknowledged one on (settled batches leave it from the front only).
+    """
 
     __slots__ = (
-        "in_flight",
+        "crash",
         "key",
         "next_sequence",
         "open",
+        "outstanding",
         "pid_generation",
         "ready",
+        "recovering",
+        "requests",
+        "taken",
         "task",
         "wakeup",
+        "window",
     )
 
     def __init__(self, key: tuple[str, int]) -> None:
         self.key = key
         self.open: _Batch | None = None
         self.ready: deque[_Batch] = deque()
-        self.in_flight: _Batch | None = None
+        self.window: deque[_Batch] = deque()
+        self.taken: _Batch | None = None  # out of ready/open, being sealed by the sender
+        self.outstanding = 0  # Produce requests of the pipeline not settled yet
+        self.requests: set[asyncio.Task[None]] = set()
+        self.recovering = False  # a request failed: resend the window one at a time
+        self.crash: BaseException | None = None  # a request task's unexpected exception
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.next_sequence = 0
         self.pid_generation = -1
 
     def pending(self) -> list[_Batch]:
-        out = [self.in_flight] if self.in_flight is not None else []
+        out = [b for b in self.window if not b.done.done()]
+        if self.taken is not None:
+            out.append(self.taken)
         out.extend(self.ready)
         if self.open is not None:
             out.append(self.open)
@@ -153,6 +189,11 @@ class Producer:
         )
         self._acks = pb.ACKS_ALL if cfg.acks == "all" else pb.ACKS_LEADER
         self._linger_s = cfg.linger_ms / 1000.0
+        self._delivery_s = cfg.delivery_timeout_ms / 1000.0
+        self._request_timeout_s = cfg.request_timeout_ms / 1000.0
+        # Without sequence numbers the broker cannot reject a batch that overtook a failed one.
+        self._window = cfg.max_in_flight if cfg.idempotence else 1
+        self._sends = 0
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._counts: dict[str, int] = {}
         self._sticky: dict[str, int] = {}
@@ -245,6 +286,9 @@ class Producer:
             self._close_open(state)
             if sticky:
                 self._next_sticky(topic, partition, count)
+        self._sends += 1
+        if len(state.ready) > self.config.max_in_flight or not self._sends & 0xFF:
+            await asyncio.sleep(0)  # let the sender tasks run even if the caller never yields
         return future
 
     async def send_and_wait(
@@ -345,106 +389,235 @@ class Producer:
 
     # ------------------------------------------------------------------ sender
 
-    async def _next_batch(self, state: _Partition) -> _Batch | None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if state.ready:
-                return state.ready.popleft()
-            batch = state.open
-            if batch is None:
-                if self._closing:
-                    return None
-                state.wakeup.clear()
-                await state.wakeup.wait()
-                continue
-            wait_s = batch.created_s + self._linger_s - loop.time()
-            if wait_s <= 0 or self._flushing or self._closing:
-                state.open = None
-                return batch
-            state.wakeup.clear()
-            try:
-                await asyncio.wait_for(state.wakeup.wait(), wait_s)
-            except TimeoutError:
-                pass
-
     async def _run_sender(self, state: _Partition) -> None:
-        while True:
-            batch = await self._next_batch(state)
-            if batch is None:
-                return
-            state.in_flight = batch
-            try:
-                await self._deliver(state, batch)
-            except asyncio.CancelledError:
-                batch.fail(ClientClosed("the producer stopped before the batch was acknowledged"))
-                raise
-            except BaseException as crash:  # no silent death: the batch's futures see it
-                batch.fail(crash)
-                raise
-            finally:
-                state.in_flight = None
-                self._release(batch)
+        try:
+            await self._pump(state)
+        finally:
+            for task in list(state.requests):
+                task.cancel()
 
-    async def _deliver(self, state: _Partition, batch: _Batch) -> None:
+    async def _pump(self, state: _Partition) -> None:
+        loop = asyncio.get_running_loop()
+        window = state.window
+        while True:
+            if state.crash is not None:
+                raise state.crash
+            while window and window[0].done.done():
+                window.popleft()
+            if state.recovering:
+                if state.outstanding:
+                    await self._wait(state)  # every request of the partition settles first
+                else:
+                    await self._recover(state)
+                continue
+            if len(window) >= self._window or self._must_drain(state):
+                await self._wait(state)
+                continue
+            batch, wait_s = self._take(state, loop)
+            if batch is None:
+                if wait_s is None and self._closing and not window:
+                    return
+                await self._wait(state, wait_s)
+                continue
+            state.taken = batch  # pending (flush waits for it; a crash fails it) while sealed
+            await self._dispatch(state, batch)
+            state.taken = None
+
+    async def _wait(self, state: _Partition, timeout_s: float | None = None) -> None:
+        state.wakeup.clear()
+        if timeout_s is None:
+            await state.wakeup.wait()
+            return
+        try:
+            await asyncio.wait_for(state.wakeup.wait(), timeout_s)
+        except TimeoutError:
+            pass
+
+    def _take(
+        self, state: _Partition, loop: asyncio.AbstractEventLoop
+    ) -> tuple[_Batch | None, float | None]:
+        """The next batch to seal, else (None, seconds until the open batch's linger ends)."""
+        if state.ready:
+            return state.ready.popleft(), None
+        batch = state.open
+        if batch is None:
+            return None, None
+        wait_s = batch.created_s + self._linger_s - loop.time()
+        if wait_s <= 0 or self._flushing or self._closing:
+            state.open = None
+            return batch, None
+        return None, wait_s
+
+    def _must_drain(self, state: _Partition) -> bool:
+        """A new producer id is due: its batches may not overtake the old id's, so the partition
+        waits until none of those is unacknowledged."""
+        if not self.config.idempotence or not state.window:
+            return False
+        return self._producer_id < 0 or state.pid_generation != self._pid_generation
+
+    async def _dispatch(self, state: _Partition, batch: _Batch) -> None:
+        """Seal the next batch and start its Produce request without waiting for the answer."""
         topic, partition = state.key
         loop = asyncio.get_running_loop()
-        deadline_loop = batch.created_s + self.config.delivery_timeout_ms / 1000.0
-        request_timeout_s = self.config.request_timeout_ms / 1000.0
-        attempt = 0
-        last_error: ReplogError | None = None
+        remaining_s = batch.created_s + self._delivery_s - loop.time()
+        if remaining_s <= 0:
+            self._fail(batch, _timed_out(topic, partition, 0))
+            return
+        deadline = time.monotonic() + remaining_s
+        try:
+            sealed = await self._seal(state, batch, deadline)
+        except ReplogError as error:  # no producer id before the deadline: nothing was sealed
+            self._fail(batch, error)
+            return
+        if not sealed:
+            state.ready.appendleft(batch)
+            return
+        state.window.append(batch)
+        try:
+            address = await self._conn.leader_address(topic, partition, deadline=deadline)
+        except ReplogError as error:
+            batch.last_error = error
+            batch.attempts += 1
+            state.recovering = True
+            return
+        if state.recovering:
+            return  # a request failed meanwhile: the recovery sends this one, in order
+        remaining_s = batch.created_s + self._delivery_s - loop.time()
+        timeout_s = max(0.001, min(self._request_timeout_s, remaining_s))
+        state.outstanding += 1
+        task = loop.create_task(
+            self._request(state, batch, address, timeout_s),
+            name=f"replog-producer-request-{topic}-{partition}",
+        )
+        state.requests.add(task)
+        task.add_done_callback(state.requests.discard)
+
+    async def _request(
+        self, state: _Partition, batch: _Batch, address: str, timeout_s: float
+    ) -> None:
+        """One pipelined attempt. A failure only marks the partition for recovery."""
+        try:
+            try:
+                response = await self._produce_once(state, batch, address, timeout_s)
+            except ReplogError as error:
+                batch.last_error = error
+                batch.attempts += 1
+                state.recovering = True
+                if error.retriable:
+                    await self._conn.on_retriable_error(error, [state.key[0]], key=state.key)
+                else:
+                    self._fail(batch, error)
+            else:
+                self._succeed(state, batch, response)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as crash:  # no silent death: the sender raises it
+            state.crash = crash
+        finally:
+            state.outstanding -= 1
+            state.wakeup.set()
+
+    async def _produce_once(
+        self, state: _Partition, batch: _Batch, address: str, timeout_s: float
+    ) -> pb.ProduceResponse:
+        topic, partition = state.key
+        assert batch.payload is not None
+        request = pb.ProduceRequest(
+            topic=topic,
+            partition=partition,
+            batch=batch.payload,
+            acks=self._acks,
+            timeout_ms=int(self._request_timeout_s * 1000),
+        )
+        response: pb.ProduceResponse = await self._conn.call(
+            "Produce", request, address=address, timeout_s=timeout_s
+        )
+        return response
+
+    async def _recover(self, state: _Partition) -> None:
+        """No request is in flight: resend the unacknowledged batches one at a time, in order."""
+        loop = asyncio.get_running_loop()
+        first = True
+        for batch in list(state.window):
+            if batch.done.done():
+                continue
+            if first and batch.attempts:
+                pause = backoff_s(
+                    batch.attempts - 1,
+                    self.config.retry_backoff_ms,
+                    self.config.retry_backoff_max_ms,
+                )
+                left = batch.created_s + self._delivery_s - loop.time()
+                await asyncio.sleep(max(0.0, min(pause, left)))
+            first = False
+            await self._deliver(state, batch)
+        state.recovering = False
+
+    async def _deliver(self, state: _Partition, batch: _Batch) -> None:
+        """Send the oldest unacknowledged batch alone until it is settled."""
+        topic, partition = state.key
+        loop = asyncio.get_running_loop()
+        deadline_loop = batch.created_s + self._delivery_s
         while True:
             remaining_s = deadline_loop - loop.time()
             deadline = time.monotonic() + max(0.0, remaining_s)
             try:
                 if remaining_s <= 0:
                     raise _DeliveryTimeout()
-                if batch.payload is None:
-                    await self._seal(state, batch, deadline)
-                assert batch.payload is not None
+                if batch.payload is None and not await self._seal(state, batch, deadline):
+                    raise AssertionError("a batch sealed under an old producer id is pending")
                 address = await self._conn.leader_address(topic, partition, deadline=deadline)
-                request = pb.ProduceRequest(
-                    topic=topic,
-                    partition=partition,
-                    batch=batch.payload,
-                    acks=self._acks,
-                    timeout_ms=int(request_timeout_s * 1000),
-                )
-                response = await self._conn.call(
-                    "Produce",
-                    request,
-                    address=address,
-                    timeout_s=max(0.001, min(request_timeout_s, remaining_s)),
+                response = await self._produce_once(
+                    state, batch, address, max(0.001, min(self._request_timeout_s, remaining_s))
                 )
             except _DeliveryTimeout:
-                batch.fail(last_error or _timed_out(topic, partition, attempt))
+                self._fail(batch, batch.last_error or _timed_out(topic, partition, batch.attempts))
                 return
             except ReplogError as error:
-                last_error = error
+                batch.last_error = error
                 if isinstance(error, OutOfOrderSequence) and batch.producer_id >= 0:
-                    # The broker does not know our previous batch in this partition, so it
-                    # rejected (did not append) this one: restart sequences under a new id.
+                    # Nothing before this batch is unacknowledged, so the broker does not know
+                    # our previous batch in this partition: it rejected (did not append) this
+                    # one and cannot have appended any later one. Restart the sequences under a
+                    # new id and reseal them all; this loop sends them in order.
                     await self._reset_producer_id(batch.producer_id)
-                    batch.payload = None
+                    for pending in state.window:
+                        if not pending.done.done():
+                            pending.payload = None
                 if not error.retriable or loop.time() >= deadline_loop:
-                    batch.fail(error)
+                    self._fail(batch, error)
                     return
                 await self._conn.on_retriable_error(error, [topic], key=state.key)
                 pause = backoff_s(
-                    attempt, self.config.retry_backoff_ms, self.config.retry_backoff_max_ms
+                    batch.attempts, self.config.retry_backoff_ms, self.config.retry_backoff_max_ms
                 )
-                attempt += 1
+                batch.attempts += 1
                 await asyncio.sleep(max(0.0, min(pause, deadline_loop - loop.time())))
                 continue
-            batch.succeed(topic, partition, response.base_offset)
+            self._succeed(state, batch, response)
             return
 
-    async def _seal(self, state: _Partition, batch: _Batch, deadline: float) -> None:
-        """Give the batch its producer id and sequence and encode it (once per producer id)."""
+    def _succeed(self, state: _Partition, batch: _Batch, response: pb.ProduceResponse) -> None:
+        batch.succeed(state.key[0], state.key[1], response.base_offset)
+        self._release(batch)
+
+    def _fail(self, batch: _Batch, error: BaseException) -> None:
+        batch.fail(error)
+        self._release(batch)
+
+    async def _seal(self, state: _Partition, batch: _Batch, deadline: float) -> bool:
+        """Give the batch its producer id and sequence and encode it (once per producer id).
+
+        False (nothing sealed) if the id changed while batches sealed under the old one are
+        unacknowledged: a batch of the new id could overtake them, so it has to wait."""
         if not self.config.idempotence:
             batch.payload = batch.builder.build()
-            return
+            return True
         producer_id, producer_epoch = await self._ensure_producer_id(deadline)
         if state.pid_generation != self._pid_generation:
+            for other in state.window:
+                if other is not batch and other.payload is not None and not other.done.done():
+                    return False
             state.pid_generation = self._pid_generation
             state.next_sequence = 0
         sequence = state.next_sequence
@@ -454,6 +627,7 @@ class Producer:
         batch.producer_id = producer_id
         batch.base_sequence = sequence
         state.next_sequence = (sequence + batch.builder.record_count) % _SEQUENCE_MODULUS
+        return True
 
     async def _ensure_producer_id(self, deadline: float) -> tuple[int, int]:
         async with self._pid_lock:
@@ -478,6 +652,8 @@ class Producer:
                 self._producer_epoch = -1
 
     def _on_sender_done(self, state: _Partition, task: asyncio.Task[None]) -> None:
+        for request in list(state.requests):
+            request.cancel()
         if task.cancelled():
             error: BaseException = ClientClosed("the producer's sender task was cancelled")
         else:
@@ -487,9 +663,10 @@ class Producer:
             error = crash
             self._fatal = crash
         for batch in state.pending():
-            batch.fail(error)
+            self._fail(batch, error)
         state.open = None
         state.ready.clear()
+        state.window.clear()
         self._space.set()
 
 

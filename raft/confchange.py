@@ -18,6 +18,16 @@ The choice, and why it is safe:
   ADD_VOTER of an existing learner, done once it has caught up (the runtime decides when).
 * A leader that removes itself keeps leading until the change commits, then steps down
   (thesis §4.2.2).
+* Joining nodes. The bootstrap membership lives in the storage's ConfState, not in the log,
+  so a node created with empty storage cannot replay the CONF_CHANGE entries it receives
+  (it does not know what they modify; replaying "ADD_VOTER 4" over nothing would make node 4
+  a one-voter group that elects itself). A node with no known voters is *uninitialized*: it
+  never campaigns, ignores CONF_CHANGE replay at restart, and answers APP / HEARTBEAT with a
+  NEED_SNAPSHOT rejection. The leader then sends ``storage.snapshot()`` -- possibly the
+  index-0 bootstrap snapshot, which carries the bootstrap ConfState -- and the node adopts
+  that membership plus the changes in its own log after it (``Raft.adopt_membership``). A
+  driver that skips persisting an index-0 snapshot only makes the node ask again after a
+  restart.
 """
 
 from __future__ import annotations

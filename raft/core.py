@@ -624,6 +624,18 @@ class Raft:
         self.log.commit_to(min(m.commit, self.log.last_index()))
         self.after_commit_changed()
         self.send(Message(_MT.HEARTBEAT_RESP, m.from_, self.id, self.term, context=m.context))
+        if self.uninitialized():
+            # The leader may believe we are caught up (we restarted without membership).
+            self.send(
+                Message(
+                    _MT.APP_RESP,
+                    m.from_,
+                    self.id,
+                    self.term,
+                    reject=True,
+                    context=NEED_SNAPSHOT,
+                )
+            )
 
     def handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -822,6 +834,9 @@ class Raft:
             pr.inflights.free_le(m.index)
         if self.maybe_commit():
             self.on_committed()
+            # Committing may have applied a conf change removing the peer or this leader.
+            if self.role is not Role.LEADER or m.from_ not in self.tracker.progress:
+                return
         elif old_paused:
             self.maybe_send_append(m.from_, True)
         while self.maybe_send_append(m.from_, False):

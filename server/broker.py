@@ -152,6 +152,8 @@ class Broker:
             fsync=self.cfg.storage.fsync == "always",
             transport=self.transport,
             log=self.log,
+            election_ticks=self.cfg.raft.election_ticks,
+            quiesce=self.cfg.raft.quiesce,
         )
         self._open_metadata()
         for gdir in sorted((self.data_dir / "partitions").glob("*/group.json")):
@@ -565,6 +567,11 @@ class Broker:
 
     def log_group_status(self) -> None:
         """SIGUSR1: one log line per Raft group with its role, term, indexes and followers."""
+        roles: dict[str, int] = {}
+        for group in self.runtime.groups.values():
+            key = f"{group.node.raft.role.name}{'-quiesced' if group.quiesced else ''}"
+            roles[key] = roles.get(key, 0) + 1
+        self.log.info("groups_summary", groups=len(self.runtime.groups), **roles)
         for group in self.runtime.groups.values():
             st = group.node.status()
             self.log.info(

@@ -313,6 +313,12 @@ class RaftSection:
         "CheckQuorum (thesis 6.2): a leader that has not heard from a quorum within an "
         "election timeout steps down, so a minority leader stops serving. Leave on.",
     )
+    quiesce: bool = _f(
+        True,
+        "Idle groups stop ticking: a leader with nothing in flight for two heartbeats tells its "
+        "followers, and liveness is then watched per node instead of per group. Makes "
+        "thousands of idle partitions nearly free; off = every group heartbeats every tick.",
+    )
 
     def __post_init__(self) -> None:
         _check_types(self, "raft")

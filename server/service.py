@@ -7,6 +7,7 @@ error and the broker keeps serving; nothing here raises out of a handler unhandl
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -331,6 +332,7 @@ class PeerService(pb_grpc.PeerServicer):
     async def Raft(self, request_iterator: Any, context: Any) -> pb.RaftBatchAck:
         runtime = self.b.runtime
         cluster_id = self.b.cfg.node.cluster_id
+        loop = asyncio.get_running_loop()
         async for batch in request_iterator:
             if batch.cluster_id != cluster_id or batch.protocol_version != PROTOCOL_VERSION:
                 self.b.log.warning(
@@ -352,13 +354,21 @@ class PeerService(pb_grpc.PeerServicer):
             if batch.to_node != self.b.node_id:
                 self.b.log.warning("peer_misrouted", from_node=batch.from_node, to=batch.to_node)
                 continue
+            runtime.on_peer_batch(batch.from_node, loop.time())
             for m in batch.messages:
                 try:
                     msg = message_from_proto(m)
                 except MalformedPeerMessage as exc:
                     self.b.log.warning("peer_message_malformed", error=str(exc))
                     continue
-                runtime.step(m.group_id, msg)
+                try:
+                    runtime.step(m.group_id, msg)
+                except Exception as exc:  # a bug must not take the whole peer link down
+                    self.b.log.exception(
+                        "peer_message_failed", group_id=m.group_id, error=repr(exc)
+                    )
+            if batch.quiesced_groups:
+                runtime.on_quiesce_notice(batch.from_node, batch.quiesced_groups)
         return pb.RaftBatchAck()
 
     async def ForwardMetadata(

@@ -41,6 +41,7 @@ class _Link:
     pending: list[pb.RaftMessage] = field(default_factory=list)
     pending_groups: set[int] = field(default_factory=set)
     quiesced: list[int] = field(default_factory=list)
+    sent_since_keepalive: bool = False
 
 
 class PeerTransport:
@@ -109,7 +110,23 @@ class PeerTransport:
                 quiesced_groups=quiesced,
             )
             link.queued_messages += len(msgs)
+            link.sent_since_keepalive = True
             link.queue.put_nowait(batch)
+
+    def keepalive(self) -> None:
+        """Once per tick: every link that sent nothing since the last call gets an empty batch,
+        so peers can tell this node is alive without any per-group heartbeat (quiescence)."""
+        for link in self._links.values():
+            if not link.sent_since_keepalive and link.connected and link.queued_messages == 0:
+                link.queue.put_nowait(
+                    pb.RaftBatch(
+                        cluster_id=self.cluster_id,
+                        protocol_version=PROTOCOL_VERSION,
+                        from_node=self.node_id,
+                        to_node=link.peer_id,
+                    )
+                )
+            link.sent_since_keepalive = False
 
     def is_connected(self, peer_id: int) -> bool:
         link = self._links.get(peer_id)

@@ -12,7 +12,14 @@ runs for real, but everything behind it is a dictionary:
 - faults: ``inject(method, code, ...)`` fails the next calls (optionally *after* appending, as
   when an acknowledgement is lost), ``move_leader`` moves a partition's leadership (and ends
   open fetch streams with NOT_LEADER), ``break_fetch_streams`` ends them with a bare
-  UNAVAILABLE, ``forget_producers`` drops producer state (as a broker that lost it).
+  UNAVAILABLE, ``forget_producers`` drops producer state (as a broker that lost it);
+  a Produce fault may target one batch (``sequence=``) and may hold its acknowledgement until
+  the partition's next append (``delay_ack=True``: acknowledgements arrive out of order);
+- like the real broker, a duplicate of any of the producer's last ``RECENT_BATCHES`` batches
+  is answered with the original offsets (``duplicate=true``);
+- ``produce_barrier(topic, n)`` holds the next ``n`` Produce requests of a topic until all
+  ``n`` have arrived, then processes them in arrival order; ``max_concurrent_produce`` records
+  the most Produce requests ever in progress at once per (topic, partition).
 
 The cluster runs on its own event loop in a background thread (``with FakeBroker() as fb``), so
 tests can drive the client with ``asyncio.run`` and the CLI's own ``asyncio.run`` in-process.
@@ -35,6 +42,7 @@ from client.wire import replog_pb2 as pb
 from client.wire import replog_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+RECENT_BATCHES = 5  # the broker's per-producer deduplication window (Kafka's 5)
 RETRIABLE = {"NOT_LEADER", "LEADER_NOT_AVAILABLE", "REQUEST_TIMED_OUT", "OUT_OF_ORDER_SEQUENCE"}
 
 
@@ -88,6 +96,21 @@ class Fault:
     fields: dict[str, str] = field(default_factory=dict)
     bare_status: grpc.StatusCode | None = None
     topic: str | None = None
+    sequence: int | None = None  # Produce only: match only the batch with this base sequence
+    delay_ack: bool = False  # after_append only: answer normally, after the next append
+
+
+@dataclass
+class Barrier:
+    count: int
+    waiting: list[asyncio.Future[None]] = field(default_factory=list)
+    reached: bool = False
+    timed_out: bool = False
+
+    def release(self) -> None:
+        for waiter in self.waiting:  # in arrival order; each task resumes in this order
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 @dataclass
@@ -97,6 +120,8 @@ class ProducerState:
     last_count: int
     base_offset: int
     last_offset: int
+    # (base sequence, base offset, last offset) of the last RECENT_BATCHES batches, oldest first
+    recent: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -138,6 +163,9 @@ class FakeCluster:
         self.calls: list[tuple[int, str]] = []  # (node, method) of every call
         self.produce_outcomes: list[tuple[int, int, int, str]] = []  # (node, pid, seq, outcome)
         self.metadata_term = 3
+        self.barriers: dict[str, Barrier] = {}
+        self.active_produce: dict[tuple[str, int], int] = {}
+        self.max_concurrent_produce: dict[tuple[str, int], int] = {}
         self._topic_ids = 1
 
     # ---- helpers used by tests (on the fake loop)
@@ -203,16 +231,52 @@ class FakeCluster:
             p.base_offsets.pop(0)
         p.log_start_offset = p.base_offsets[0] if p.base_offsets else p.next_offset
 
+    # ---- concurrency
+
+    def produce_barrier(self, topic: str, count: int) -> Barrier:
+        barrier = Barrier(count)
+        self.barriers[topic] = barrier
+        return barrier
+
+    async def pass_barrier(self, topic: str, timeout_s: float = 5.0) -> None:
+        """Hold this Produce until the topic's barrier is full (then all go, in arrival order)."""
+        barrier = self.barriers.get(topic)
+        if barrier is None:
+            return
+        loop = asyncio.get_running_loop()
+        if len(barrier.waiting) + 1 >= barrier.count:
+            del self.barriers[topic]
+            barrier.reached = True
+            barrier.release()
+            await asyncio.sleep(0)  # queue behind the earlier arrivals: arrival order holds
+            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        barrier.waiting.append(waiter)
+        if len(barrier.waiting) == 1:
+
+            def give_up() -> None:  # never hang a test: release and report it instead
+                if not barrier.reached:
+                    barrier.timed_out = True
+                    self.barriers.pop(topic, None)
+                    barrier.release()
+
+            loop.call_later(timeout_s, give_up)
+        await waiter
+
     # ---- faults
 
     def inject(self, method: str, code: str, times: int = 1, **kwargs: Any) -> None:
         self.faults.append(Fault(method, code, times, **kwargs))
 
-    def take_fault(self, method: str, topic: str | None, *, after_append: bool) -> Fault | None:
+    def take_fault(
+        self, method: str, topic: str | None, *, after_append: bool, sequence: int | None = None
+    ) -> Fault | None:
         for fault in self.faults:
             if fault.method != method or fault.after_append != after_append:
                 continue
             if fault.topic is not None and fault.topic != topic:
+                continue
+            if fault.sequence is not None and fault.sequence != sequence:
                 continue
             fault.times -= 1
             if fault.times <= 0:
@@ -300,9 +364,13 @@ class FakeNode(pb_grpc.ReplogServicer):
         self.cluster = cluster
         self.node_id = node_id
 
-    def _enter(self, method: str, topic: str = "", partition: int = 0) -> None:
+    def _enter(
+        self, method: str, topic: str = "", partition: int = 0, sequence: int | None = None
+    ) -> None:
         self.cluster.calls.append((self.node_id, method))
-        fault = self.cluster.take_fault(method, topic or None, after_append=False)
+        fault = self.cluster.take_fault(
+            method, topic or None, after_append=False, sequence=sequence
+        )
         if fault is not None:
             self.cluster.raise_fault(fault, topic, partition)
 
@@ -315,44 +383,71 @@ class FakeNode(pb_grpc.ReplogServicer):
 
     async def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
         c = self.cluster
+        key = (request.topic, request.partition)
+        c.active_produce[key] = c.active_produce.get(key, 0) + 1
+        c.max_concurrent_produce[key] = max(
+            c.max_concurrent_produce.get(key, 0), c.active_produce[key]
+        )
+        try:
+            await c.pass_barrier(request.topic)
+            delay: asyncio.Event | None = None
 
-        def produce() -> pb.ProduceResponse:
-            self._enter("Produce", request.topic, request.partition)
-            p = c.check_leader(self.node_id, request.topic, request.partition)
-            header = read_header(request.batch)
-            pid, seq = header.producer_id, header.base_sequence
-            state = p.producers.get(pid) if pid >= 0 else None
-            if pid >= 0:
-                if state is not None and seq == state.last_sequence:
-                    c.produce_outcomes.append((self.node_id, pid, seq, "duplicate"))
-                    return pb.ProduceResponse(
-                        base_offset=state.base_offset,
-                        last_offset=state.last_offset,
-                        log_start_offset=p.log_start_offset,
-                        duplicate=True,
+            def produce() -> pb.ProduceResponse:
+                nonlocal delay
+                header = read_header(request.batch)
+                pid, seq = header.producer_id, header.base_sequence
+                self._enter("Produce", request.topic, request.partition, seq)
+                p = c.check_leader(self.node_id, request.topic, request.partition)
+                state = p.producers.get(pid) if pid >= 0 else None
+                if pid >= 0:
+                    recent = state.recent if state is not None else []
+                    for recent_seq, recent_base, recent_last in recent:
+                        if seq == recent_seq:
+                            c.produce_outcomes.append((self.node_id, pid, seq, "duplicate"))
+                            return pb.ProduceResponse(
+                                base_offset=recent_base,
+                                last_offset=recent_last,
+                                log_start_offset=p.log_start_offset,
+                                duplicate=True,
+                            )
+                    expected = 0 if state is None else state.last_sequence + state.last_count
+                    if seq != expected:
+                        c.produce_outcomes.append((self.node_id, pid, seq, "out_of_order"))
+                        raise Abort(
+                            "OUT_OF_ORDER_SEQUENCE",
+                            f"expected sequence {expected}, got {seq}",
+                            fields={"expected": str(expected), "got": str(seq)},
+                        )
+                base, last = c.append_raw(request.topic, request.partition, request.batch)
+                if pid >= 0:
+                    recent = [*(state.recent if state is not None else []), (seq, base, last)]
+                    p.producers[pid] = ProducerState(
+                        header.producer_epoch,
+                        seq,
+                        header.record_count,
+                        base,
+                        last,
+                        recent[-RECENT_BATCHES:],
                     )
-                expected = 0 if state is None else state.last_sequence + state.last_count
-                if seq != expected:
-                    c.produce_outcomes.append((self.node_id, pid, seq, "out_of_order"))
-                    raise Abort(
-                        "OUT_OF_ORDER_SEQUENCE",
-                        f"expected sequence {expected}, got {seq}",
-                        fields={"expected": str(expected), "got": str(seq)},
-                    )
-            base, last = c.append_raw(request.topic, request.partition, request.batch)
-            if pid >= 0:
-                p.producers[pid] = ProducerState(
-                    header.producer_epoch, seq, header.record_count, base, last
+                c.produce_outcomes.append((self.node_id, pid, seq, "appended"))
+                fault = c.take_fault("Produce", request.topic, after_append=True, sequence=seq)
+                if fault is not None and fault.delay_ack:
+                    delay = p.changed  # set by the partition's next append (or leader move)
+                elif fault is not None:
+                    c.raise_fault(fault, request.topic, request.partition)
+                return pb.ProduceResponse(
+                    base_offset=base, last_offset=last, log_start_offset=p.log_start_offset
                 )
-            c.produce_outcomes.append((self.node_id, pid, seq, "appended"))
-            fault = c.take_fault("Produce", request.topic, after_append=True)
-            if fault is not None:
-                c.raise_fault(fault, request.topic, request.partition)
-            return pb.ProduceResponse(
-                base_offset=base, last_offset=last, log_start_offset=p.log_start_offset
-            )
 
-        return await self._unary(context, produce)
+            response = await self._unary(context, produce)
+            if delay is not None:
+                try:
+                    await asyncio.wait_for(delay.wait(), 5.0)
+                except TimeoutError:
+                    pass
+            return response
+        finally:
+            c.active_produce[key] -= 1
 
     async def Fetch(
         self, request: pb.FetchRequest, context: Any
@@ -622,6 +717,12 @@ class FakeBroker:
 
     def leader(self, topic: str, partition: int) -> int:
         return self.run(lambda c: c.partition(topic, partition).leader)
+
+    def produce_barrier(self, topic: str, count: int) -> Barrier:
+        return self.run(lambda c: c.produce_barrier(topic, count))
+
+    def max_concurrent_produce(self, topic: str, partition: int) -> int:
+        return self.run(lambda c: c.max_concurrent_produce.get((topic, partition), 0))
 
 
 def arun(coro: Any, timeout_s: float = 30.0) -> Any:

@@ -195,6 +195,8 @@ def parse_ids(value: str) -> list[int]:
 
 
 def parse_args(command: str) -> tuple[str, list[str], dict[str, str]]:
+    # "(1 2 3)" is one argument: join the ids inside parentheses with commas.
+    command = re.sub(r"\(([^)]*)\)", lambda m: "(" + ",".join(m.group(1).split()) + ")", command)
     words = shlex.split(command)
     pos: list[str] = []
     kw: dict[str, str] = {}
@@ -235,6 +237,7 @@ class Scenario:
     def logger_for(self, node_id: int) -> Callable[..., None]:
         def log(event: str, **fields: Any) -> None:
             if self.log_events:
+                fields.pop("node_id", None)
                 kv = " ".join(f"{k}={_fmt_field(v)}" for k, v in fields.items())
                 self.emit(f"INFO {node_id} {event}" + (f" {kv}" if kv else ""))
 
@@ -284,6 +287,7 @@ class Scenario:
                 pre_vote=kw.get("prevote", "true") == "true",
                 check_quorum=kw.get("checkquorum", "true") == "true",
                 max_inflight_msgs=int(kw.get("inflight", 256)),
+                max_size_per_msg=int(kw.get("max-msg-bytes", 1 << 20)),
             )
             storage = MemoryStorage(conf_state=conf, hard_state=HardState())
             raw = RawNode(config, storage, random.Random(node_id), self.logger_for(node_id))
@@ -447,13 +451,14 @@ class Scenario:
 
     def cmd_restart(self, pos: list[str], kw: dict[str, str]) -> None:
         n = self.nodes[int(pos[0])]
-        n.raw = RawNode(
-            n.config, n.storage, random.Random(n.node_id), self.logger_for(n.node_id)
-        )
+        n.raw = RawNode(n.config, n.storage, random.Random(n.node_id), self.logger_for(n.node_id))
         self.emit(f"node {n.node_id} restarted")
 
     def cmd_report_unreachable(self, pos: list[str], kw: dict[str, str]) -> None:
         self.node(int(pos[0])).report_unreachable(int(pos[1]))
+
+    def cmd_report_snapshot(self, pos: list[str], kw: dict[str, str]) -> None:
+        self.node(int(pos[0])).report_snapshot(int(pos[1]), pos[2] == "ok")
 
     def cmd_log_level(self, pos: list[str], kw: dict[str, str]) -> None:
         self.log_events = pos[0] != "none"

@@ -139,3 +139,33 @@ def test_restart_replays_committed_conf_changes() -> None:
     assert net.nodes[2].status().conf_state == ConfState(frozenset({1, 2, 3}), frozenset({4}))
     net.restart(4)
     assert net.nodes[4].status().conf_state == ConfState(frozenset({1, 2, 3}), frozenset({4}))
+
+
+def test_uninitialized_node_never_replays_changes_over_empty_membership() -> None:
+    # A joining node whose driver did not persist the index-0 bootstrap snapshot restarts
+    # with entries but no membership: it must ask again, not derive voters={4} from the
+    # ADD_VOTER 4 entry in its log (that would let it elect itself alone).
+    from raft import MemoryStorage
+
+    net = Network([1, 2, 3])
+    net.elect(1)
+    net.add_node(4)
+    net.nodes[1].propose_conf_change(add(4))
+    net.stabilize()
+    net.tick_all(3)
+    net.nodes[1].propose_conf_change(promote(4))
+    net.stabilize()
+    net.tick_all(3)
+    old = net.storages[4]
+    bare = MemoryStorage(hard_state=old.hard_state)
+    bare.append(old.entries(old.first_index(), old.last_index() + 1))
+    net.storages[4] = bare
+    net.restart(4)
+    assert net.nodes[4].status().conf_state == ConfState()
+    for _ in range(40):
+        net.tick(4)  # no membership: never campaigns, however long it waits
+    assert net.nodes[4].status().role is Role.FOLLOWER
+    net.stabilize()
+    net.tick_all(3)
+    assert net.nodes[4].status().conf_state == ConfState(frozenset({1, 2, 3, 4}))
+    assert "snapshot_restored" in net.event_names(4)

@@ -211,10 +211,7 @@ class SimCluster:
         assert node.raw is not None
         datas = [self.next_value() for _ in range(count)]
         try:
-            if count == 1:
-                first = node.raw.propose(datas[0])
-            else:
-                first = node.raw.propose_many(datas)
+            first = node.raw.propose(datas[0]) if count == 1 else node.raw.propose_many(datas)
         except RaftError:
             return []
         self.proposed += count
@@ -416,6 +413,8 @@ class SimCluster:
         self.net.heal()
         self.net.faults.drop_rate = 0.0
         self.net.faults.dup_rate = 0.0
+        self.net.faults.reorder = False
+        self.net.faults.max_delay_steps = 3
         for node in list(self.nodes.values()):
             if node.raw is None and not node.removed:
                 self.restart(node.node_id)

@@ -45,9 +45,12 @@ class Violation(AssertionError):
         self.step = step
         self.kind = kind
         self.detail = detail
-        super().__init__(
-            f"seed {seed} step {step}: {kind}: {detail} "
-            f"(replay: python -m tests.sim --seeds {seed}:{seed + 1} --verbose)"
+        self.replay = f"python -m tests.sim --seeds {seed}:{seed + 1} --verbose"
+        super().__init__(kind, detail)
+
+    def __str__(self) -> str:
+        return (
+            f"seed {self.seed} step {self.step}: {self.kind}: {self.detail} (replay: {self.replay})"
         )
 
 

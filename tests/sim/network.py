@@ -1,7 +1,9 @@
 """A simulated network: delay, drop, duplication, reordering and partitions.
 
 Contract: ``send`` takes a message at step ``now_step`` and schedules its delivery at a random
-later step (independent delays give reordering); it may drop it or schedule a duplicate.
+later step; it may drop it or schedule a duplicate. Links are FIFO (one stream per peer
+pair, like the runtime's) unless ``faults.reorder`` is on, when every message gets an
+independent delay and overtakes others on its link.
 ``due`` returns the messages to deliver at a step, in a deterministic order. Partitions are a
 set of blocked directed links, checked both when a message is sent and when it is delivered
 (a link cut while a message is in flight loses it). All randomness comes from the ``rng``
@@ -23,6 +25,9 @@ class NetworkFaults:
     dup_rate: float = 0.0
     min_delay_steps: int = 1
     max_delay_steps: int = 3
+    # False: each link is FIFO (one stream per peer pair, as the runtime has); True: each
+    # message gets an independent delay, so messages on one link overtake each other.
+    reorder: bool = False
 
 
 class SimNetwork:
@@ -32,6 +37,7 @@ class SimNetwork:
         self.blocked: set[tuple[int, int]] = set()
         self._queue: list[tuple[int, int, Message]] = []
         self._seq = 0
+        self._link_last_at: dict[tuple[int, int], int] = {}
         self.sent = 0
         self.dropped = 0
         self.delivered = 0
@@ -74,6 +80,10 @@ class SimNetwork:
         copies = 2 if self.rng.random() < f.dup_rate else 1
         for _ in range(copies):
             at = now_step + self.rng.randint(f.min_delay_steps, f.max_delay_steps)
+            link = (msg.from_, msg.to)
+            if not f.reorder:
+                at = max(at, self._link_last_at.get(link, 0))
+            self._link_last_at[link] = max(at, self._link_last_at.get(link, 0))
             self._seq += 1
             heapq.heappush(self._queue, (at, self._seq, msg))
 

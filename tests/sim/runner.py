@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from raft.errors import RaftError
+from raft.errors import InvariantViolation, RaftError
 from raft.rawnode import RawNode
 from raft.types import ConfChange, ConfChangeType
 from tests.sim.cluster import SimCluster, SimNode, SimOptions
@@ -98,13 +98,14 @@ PROFILES: dict[str, FaultProfile] = {
         crash_rate=0.01,
         min_down_steps=1,
         max_down_steps=20,
-        partition_rate=0.03,
+        partition_rate=0.05,
         membership_rate=0.0,
         transfer_rate=0.0,
         propose_rate=0.6,
         max_drop_rate=0.3,
         max_size_per_msg=1,
-        kill_new_leader_rate=0.7,
+        isolate_new_leader_rate=0.6,
+        kill_new_leader_rate=0.3,
         kill_new_leader_max_steps=8,
         kill_after_commit_rate=0.5,
         lose_outbox_rate=0.9,
@@ -168,12 +169,21 @@ def run_seed(
     except Exception as exc:  # a crashing core is a finding, not a harness error
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{frame.filename.split('/')[-1]}:{frame.lineno} in {frame.name}"
+        # The core's own assertions (InvariantViolation) are findings of a broken property;
+        # anything else escaping it is a crash.
+        kind = "core invariant" if isinstance(exc, InvariantViolation) else "core exception"
         result.violation = Violation(
-            seed, cluster.now, "core exception", f"{type(exc).__name__}: {exc} (at {where})"
+            seed, cluster.now, kind, f"{type(exc).__name__}: {exc} (at {where})"
         )
         result.log.append(traceback.format_exc())
         if verbose:
             print(result.log[-1])
+    if result.violation is not None:
+        result.violation.replay = (
+            f"python -m tests.sim --seeds {seed}:{seed + 1} --nodes {nodes} --steps {steps} "
+            f"--profile {prof.name} --verbose"
+            + (" (plus the injected bug)" if patch_node or forget_vote_on_restart else "")
+        )
     result.steps = cluster.now
     result.proposed = cluster.proposed
     result.acked = len(cluster.acked)
@@ -204,9 +214,9 @@ def inject_faults(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -
     if prof.kill_new_leader_rate > 0 or prof.isolate_new_leader_rate > 0:
         target_new_leaders(cluster, prof, rng)
     for node in list(cluster.nodes.values()):
-        if node.raw is None and node.crashed_until is not None and not node.removed:
-            if cluster.now >= node.crashed_until:
-                cluster.restart(node.node_id)
+        down = node.raw is None and node.crashed_until is not None and not node.removed
+        if down and node.crashed_until is not None and cluster.now >= node.crashed_until:
+            cluster.restart(node.node_id)
     live = cluster.live()
     if live and rng.random() < prof.crash_rate:
         victim = rng.choice(live)
@@ -222,6 +232,7 @@ def inject_faults(cluster: SimCluster, prof: FaultProfile, rng: random.Random) -
         f.drop_rate = rng.choice([0.0, 0.0, 0.02, prof.max_drop_rate])
         f.dup_rate = rng.choice([0.0, 0.02, prof.max_dup_rate])
         f.max_delay_steps = rng.choice([2, 3, 6])
+        f.reorder = rng.random() < 0.5
     if rng.random() < prof.transfer_rate:
         leader = cluster.leader()
         if leader is not None and leader.raw is not None:

@@ -47,7 +47,12 @@ def test_sharp_profiles(profile: str) -> None:
 def test_same_seed_same_run() -> None:
     a = run_seed(7, nodes=5, steps=200)
     b = run_seed(7, nodes=5, steps=200)
-    assert (a.steps, a.proposed, a.acked, a.elections) == (b.steps, b.proposed, b.acked, b.elections)
+    assert (a.steps, a.proposed, a.acked, a.elections) == (
+        b.steps,
+        b.proposed,
+        b.acked,
+        b.elections,
+    )
 
 
 def test_cli_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,7 +78,6 @@ def test_thousands_of_seeds(nodes: int) -> None:
 
 def test_disk_loses_unsynced_writes_on_crash() -> None:
     from raft.types import ConfState, Entry, HardState
-
     from tests.sim.disk import SimDisk
 
     disk = SimDisk(ConfState(voters=frozenset({1, 2, 3})))
@@ -92,7 +96,6 @@ def test_disk_loses_unsynced_writes_on_crash() -> None:
 
 def test_disk_forget_vote_knob() -> None:
     from raft.types import ConfState, HardState
-
     from tests.sim.disk import SimDisk
 
     disk = SimDisk(ConfState(voters=frozenset({1})), forget_vote_on_recover=True)
@@ -103,7 +106,6 @@ def test_disk_forget_vote_knob() -> None:
 
 def test_checker_flags_two_leaders_and_divergent_logs() -> None:
     from raft.types import Entry
-
     from tests.sim.invariants import GENESIS, Invariants, Violation, chain
 
     inv = Invariants(seed=5)
