@@ -224,6 +224,7 @@ class Broker:
             on_change=self._schedule_reconcile,
             logger=self.log,
             group_id=METADATA_GROUP_ID,
+            fallback_targets=sorted(self.cfg.node.voters),
         )
         self.runtime.add_group(Group(METADATA_GROUP_ID, node, log, self.metadata))
 
@@ -444,7 +445,7 @@ class Broker:
         except Exception as exc:
             self.log.warning("metadata_proposal_failed", command=type(cmd).__name__, error=str(exc))
 
-    async def _forward_metadata(self, leader_id: int, data: bytes) -> bytes:
+    async def _forward_metadata(self, leader_id: int, data: bytes, hops: int) -> bytes:
         address = self.peer_address(leader_id)
         if not address:
             raise BrokerError(
@@ -457,7 +458,9 @@ class Broker:
         stub = pb_grpc.PeerStub(channel)
         try:
             reply = await stub.ForwardMetadata(
-                pb.ForwardMetadataRequest(cluster_id=self.cfg.node.cluster_id, command=data),
+                pb.ForwardMetadataRequest(
+                    cluster_id=self.cfg.node.cluster_id, command=data, hops=hops
+                ),
                 timeout=5.0,
             )
         except grpc.aio.AioRpcError as exc:

@@ -24,7 +24,8 @@ from raft.storage import DurableLog
 from raft.types import Entry, EntryType, ReadState, Role, Snapshot, SoftState
 from server.errors import BrokerError, not_leader, timed_out
 
-Forwarder = Callable[[int, bytes], Awaitable[bytes]]
+Forwarder = Callable[[int, bytes, int], Awaitable[bytes]]
+MAX_FORWARD_HOPS = 2
 
 
 def result_to_json(obj: object) -> Any:
@@ -74,8 +75,11 @@ class MetadataReplica:
         on_change: Callable[[], None],
         logger: Any,
         group_id: int,
+        fallback_targets: Sequence[int] = (),
     ) -> None:
         self.node = node
+        self._fallback = [t for t in fallback_targets if t != node.raft.id]
+        self._fallback_next = 0
         self.log = log
         self.state = state
         self.group_id = group_id
@@ -211,10 +215,29 @@ class MetadataReplica:
             raise timed_out("metadata proposal") from None
         return index, result
 
+    async def _propose_once(self, data: bytes, timeout_s: float, hops: int) -> tuple[int, Any]:
+        """Propose here if leader, else forward (to the known leader, or - when no leader is
+        known, e.g. a new broker that is not yet a member - to one of the metadata voters).
+        Returns (index, JSON result)."""
+        if self.role == Role.LEADER:
+            index, result = await self.propose_local(data, timeout_s)
+            return index, result_to_json(result)
+        target = self.leader_id if self.leader_id not in (0, self.node.raft.id) else 0
+        if target == 0:
+            if hops > 0 or not self._fallback:
+                raise self._not_leader()
+            target = self._fallback[self._fallback_next % len(self._fallback)]
+            self._fallback_next += 1
+        if hops >= MAX_FORWARD_HOPS:
+            raise self._not_leader()
+        reply = json.loads(await self._forward(target, data, hops + 1))
+        if "error" in reply:
+            raise _forwarded_class(reply["error"]["class"])(reply["error"])
+        return int(reply["index"]), reply["result"]
+
     async def propose(self, cmd: object, timeout_s: float = 10.0) -> Any:
         """Propose a command wherever the leader is; waits until applied HERE too, so a read
-        on this broker right after sees the change. Returns the apply result (JSON form when it
-        was applied by a forwarded leader)."""
+        on this broker right after sees the change. Returns the apply result in JSON form."""
         data = mcmd.encode(cmd)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -224,34 +247,24 @@ class MetadataReplica:
             if remaining <= 0:
                 raise timed_out("metadata proposal")
             try:
-                if self.role == Role.LEADER:
-                    _index, result = await self.propose_local(data, remaining)
-                    return result
-                if self.leader_id == 0:
-                    raise self._not_leader()
-                raw = await self._forward(self.leader_id, data)
-                reply = json.loads(raw)
-                if "error" in reply:
-                    raise _forwarded_class(reply["error"]["class"])(reply["error"])
-                await self.wait_applied(int(reply["index"]), max(0.01, deadline - loop.time()))
-                return reply["result"]
+                index, result = await self._propose_once(data, remaining, hops=0)
+                if self.node.raft.tracker.voters or self.role == Role.LEADER:
+                    await self.wait_applied(index, max(0.01, deadline - loop.time()))
+                return result
             except BrokerError as exc:
                 if not exc.retriable:
                     raise
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             delay = min(delay * 2, 0.5)
 
-    async def handle_forwarded(self, data: bytes, timeout_s: float) -> bytes:
-        """Leader side of ForwardMetadata."""
+    async def handle_forwarded(self, data: bytes, timeout_s: float, hops: int) -> bytes:
+        """Another broker's proposal: propose it (or pass it on to our leader)."""
         try:
             mcmd.decode(data)
+            index, result = await self._propose_once(data, timeout_s, hops)
         except MetadataError as exc:
             return json.dumps({"error": error_to_json(exc)}).encode()
-        try:
-            index, result = await self.propose_local(data, timeout_s)
-        except MetadataError as exc:
-            return json.dumps({"error": error_to_json(exc)}).encode()
-        return json.dumps({"index": index, "result": result_to_json(result)}).encode()
+        return json.dumps({"index": index, "result": result}).encode()
 
     async def barrier(self, timeout_s: float = 5.0) -> None:
         """Linearizable read barrier (ReadIndex): afterwards this replica's state reflects every

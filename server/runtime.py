@@ -370,9 +370,11 @@ class Runtime:
         self._wake.set()
 
     def _write(self, group: Group, rd: Ready) -> None:
-        if rd.snapshot is not None and not rd.snapshot.is_empty():
+        if rd.snapshot is not None:
+            # Persist even an index-0 snapshot: it carries the membership a new member needs.
             group.log.apply_snapshot(rd.snapshot)
-            group.replica.on_snapshot(rd.snapshot)
+            if not rd.snapshot.is_empty():
+                group.replica.on_snapshot(rd.snapshot)
         if rd.entries:
             group.log.append(rd.entries)
             group.replica.on_log_append(rd.entries)

@@ -377,7 +377,9 @@ class PeerService(pb_grpc.PeerServicer):
         try:
             if request.cluster_id != self.b.cfg.node.cluster_id:
                 raise BrokerError("CLUSTER_MISMATCH", f"cluster '{request.cluster_id}' is not ours")
-            result = await self.b.metadata.handle_forwarded(request.command, timeout_s=5.0)
+            result = await self.b.metadata.handle_forwarded(
+                request.command, timeout_s=5.0, hops=request.hops
+            )
             return pb.ForwardMetadataResponse(result=result)
         except Exception as exc:
             await abort_with(context, exc)

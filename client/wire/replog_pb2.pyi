@@ -365,12 +365,14 @@ class RaftBatchAck(_message.Message):
     def __init__(self) -> None: ...
 
 class ForwardMetadataRequest(_message.Message):
-    __slots__ = ("cluster_id", "command")
+    __slots__ = ("cluster_id", "command", "hops")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     command: bytes
-    def __init__(self, cluster_id: _Optional[str] = ..., command: _Optional[bytes] = ...) -> None: ...
+    hops: int
+    def __init__(self, cluster_id: _Optional[str] = ..., command: _Optional[bytes] = ..., hops: _Optional[int] = ...) -> None: ...
 
 class ForwardMetadataResponse(_message.Message):
     __slots__ = ("result",)

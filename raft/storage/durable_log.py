@@ -76,7 +76,7 @@ from raft.storage.segment import (
     parse_segment_file_name,
 )
 from raft.storage.snapshot_file import SnapshotFile
-from raft.types import ConfState, Entry, HardState, Snapshot
+from raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 
 FsyncPolicy = Literal["always", "never"]
 
@@ -280,6 +280,10 @@ class DurableLog:
         return result
 
     def snapshot(self) -> Snapshot:
+        if self._snapshot.is_empty():
+            # Never compacted: the "bootstrap snapshot" at index 0 carries the initial
+            # membership, which is what a node added later with empty storage needs.
+            return Snapshot(SnapshotMetadata(0, 0, self._bootstrap))
         return self._snapshot
 
     # -- write side ----------------------------------------------------------------------
@@ -377,6 +381,14 @@ class DurableLog:
         """Install a leader's snapshot (follower): store it, drop every entry; the log
         restarts at ``snap.metadata.index + 1``."""
         meta = snap.metadata
+        if meta.index == 0:
+            # A bootstrap snapshot (see snapshot()): adopt its membership, keep the log.
+            with self._hs_lock:
+                self._check_usable()
+                self._bootstrap = meta.conf_state
+                self._write_hard_state_locked(self._hs)
+            self._log("bootstrap_membership_adopted", voters=sorted(meta.conf_state.voters))
+            return
         with self._lock:
             self._check_usable()
             if meta.index < self._snapshot.metadata.index:

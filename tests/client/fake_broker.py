@@ -97,7 +97,10 @@ class Fault:
     bare_status: grpc.StatusCode | None = None
     topic: str | None = None
     sequence: int | None = None  # Produce only: match only the batch with this base sequence
-    delay_ack: bool = False  # after_append only: answer normally, after the next append
+    # after_append only: answer normally, once the partition's next append happened (or after
+    # delay_ack_max_s, as the next batch may be waiting for this very answer)
+    delay_ack: bool = False
+    delay_ack_max_s: float = 0.5
 
 
 @dataclass
@@ -390,7 +393,7 @@ class FakeNode(pb_grpc.ReplogServicer):
         )
         try:
             await c.pass_barrier(request.topic)
-            delay: asyncio.Event | None = None
+            delay: tuple[asyncio.Event, float] | None = None
 
             def produce() -> pb.ProduceResponse:
                 nonlocal delay
@@ -432,7 +435,7 @@ class FakeNode(pb_grpc.ReplogServicer):
                 c.produce_outcomes.append((self.node_id, pid, seq, "appended"))
                 fault = c.take_fault("Produce", request.topic, after_append=True, sequence=seq)
                 if fault is not None and fault.delay_ack:
-                    delay = p.changed  # set by the partition's next append (or leader move)
+                    delay = p.changed, fault.delay_ack_max_s  # set by the next append
                 elif fault is not None:
                     c.raise_fault(fault, request.topic, request.partition)
                 return pb.ProduceResponse(
@@ -442,7 +445,7 @@ class FakeNode(pb_grpc.ReplogServicer):
             response = await self._unary(context, produce)
             if delay is not None:
                 try:
-                    await asyncio.wait_for(delay.wait(), 5.0)
+                    await asyncio.wait_for(delay[0].wait(), delay[1])
                 except TimeoutError:
                     pass
             return response

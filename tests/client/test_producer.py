@@ -624,9 +624,9 @@ def test_property_pipelined_order_and_no_duplicates_under_faults(
 ) -> None:
     topic = unique("pprop")
     fake.create_topic(topic, partitions=3)
-    # Some partition gets >= 4 of the >= 12 one-record batches: 3 requests reach the broker at
-    # once, which the barrier waits for.
-    barrier = fake.produce_barrier(topic, 3)
+    # Some partition gets >= 4 of the >= 12 one-record batches: min(3, max_in_flight) of its
+    # requests reach the broker at once, which the barrier waits for.
+    barrier = fake.produce_barrier(topic, min(3, max_in_flight))
     for code, after_append, move_to, sequence in faults:
         if code == "OUT_OF_ORDER_SEQUENCE":
             after_append = False  # a broker never appends what it calls out of order
