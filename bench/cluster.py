@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client.admin import AdminClient  # noqa: E402
-from client.config import ConsumerConfig, ProducerConfig  # noqa: E402
-from client.consumer import Consumer  # noqa: E402
-from client.producer import Producer  # noqa: E402
-from tests.integration.harness import LocalCluster  # noqa: E402
+from client.admin import AdminClient
+from client.config import ConsumerConfig, ProducerConfig
+from client.consumer import Consumer
+from client.producer import Producer
+from tests.integration.harness import LocalCluster
 
 MAX_SECONDS = 120.0
 

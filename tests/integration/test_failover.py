@@ -57,9 +57,9 @@ def test_leader_sigkill_mid_stream_loses_nothing(cluster_factory) -> None:
                 value = f"order-{i:05d}".encode()
                 fut = await producer.send("orders", value, partition=0)
                 fut.add_done_callback(
-                    lambda f, v=value: acked.__setitem__(v, f.result().offset)
-                    if not f.exception()
-                    else None
+                    lambda f, v=value: (
+                        acked.__setitem__(v, f.result().offset) if not f.exception() else None
+                    )
                 )
                 if i == 1000:
                     await producer.flush()

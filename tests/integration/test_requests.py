@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import grpc
 import pytest
 
@@ -104,21 +103,27 @@ def test_malformed_requests_get_typed_errors(cluster_factory) -> None:
             async for resp in stub.Fetch(
                 pb.FetchRequest(topic="strict", partition=0, offset=r.base_offset), timeout=5
             ):
-                header, records = codec.decode(resp.batches)
+                _header, records = codec.decode(resp.batches)
                 assert [x.value for x in records] == [b"v0", b"v1", b"v2"]
                 break
 
             # Topic admin errors are typed too.
             d = await call_error(
-                stub.CreateTopic(pb.CreateTopicRequest(name="x", partitions=1, replication_factor=3))
+                stub.CreateTopic(
+                    pb.CreateTopicRequest(name="x", partitions=1, replication_factor=3)
+                )
             )
             assert d.code == "NOT_ENOUGH_BROKERS", d
             d = await call_error(
-                stub.CreateTopic(pb.CreateTopicRequest(name="bad/name", partitions=1, replication_factor=1))
+                stub.CreateTopic(
+                    pb.CreateTopicRequest(name="bad/name", partitions=1, replication_factor=1)
+                )
             )
             assert d.code == "INVALID_TOPIC", d
             d = await call_error(
-                stub.CreateTopic(pb.CreateTopicRequest(name="strict", partitions=1, replication_factor=1))
+                stub.CreateTopic(
+                    pb.CreateTopicRequest(name="strict", partitions=1, replication_factor=1)
+                )
             )
             assert d.code == "TOPIC_EXISTS", d
 
