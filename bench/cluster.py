@@ -217,6 +217,7 @@ async def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
+    tune_malloc()  # the client builds 256 KiB batches too (see server/memtune.py)
     header(args)
     whats = ["produce", "consume", "latency", "failover"] if args.what == "all" else [args.what]
     async with Bench(args) as b:

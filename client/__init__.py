@@ -1,4 +1,4 @@
-"""The public Python client: Producer, Consumer, AdminClient, the RecordBatch codec and the wire schema."""  # noqa: E501
+"""The public Python client: Producer, Consumer, AdminClient, the RecordBatch codec and the wire schema."""
 
 from client.admin import (
     AdminClient,

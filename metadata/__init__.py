@@ -2,7 +2,7 @@
 
 Pure: no I/O, no asyncio or gRPC, no clock. The broker runtime proposes encoded commands to the
 metadata Raft group and calls ``MetadataState.apply(index, data)`` on every replica in log order.
-"""  # noqa: E501 (the first line is the package's one-line summary)
+"""
 
 from metadata.commands import (
     AllocateProducerIds,

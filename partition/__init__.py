@@ -2,7 +2,7 @@
 
 Pure and deterministic: imports only ``raft.types`` and ``client.batch`` of ours; no I/O, no
 asyncio, no clock. See partition/state.py for the model and the runtime's calling contract.
-"""  # noqa: E501
+"""
 
 from partition.config import PartitionConfig
 from partition.errors import (

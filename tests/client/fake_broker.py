@@ -106,6 +106,7 @@ class Fault:
 @dataclass
 class Barrier:
     count: int
+    timeout_s: float = 5.0  # then it lets the waiting requests through and says timed_out
     waiting: list[asyncio.Future[None]] = field(default_factory=list)
     reached: bool = False
     timed_out: bool = False
@@ -236,12 +237,12 @@ class FakeCluster:
 
     # ---- concurrency
 
-    def produce_barrier(self, topic: str, count: int) -> Barrier:
-        barrier = Barrier(count)
+    def produce_barrier(self, topic: str, count: int, timeout_s: float = 5.0) -> Barrier:
+        barrier = Barrier(count, timeout_s)
         self.barriers[topic] = barrier
         return barrier
 
-    async def pass_barrier(self, topic: str, timeout_s: float = 5.0) -> None:
+    async def pass_barrier(self, topic: str) -> None:
         """Hold this Produce until the topic's barrier is full (then all go, in arrival order)."""
         barrier = self.barriers.get(topic)
         if barrier is None:
@@ -263,7 +264,7 @@ class FakeCluster:
                     self.barriers.pop(topic, None)
                     barrier.release()
 
-            loop.call_later(timeout_s, give_up)
+            loop.call_later(barrier.timeout_s, give_up)
         await waiter
 
     # ---- faults
@@ -721,8 +722,8 @@ class FakeBroker:
     def leader(self, topic: str, partition: int) -> int:
         return self.run(lambda c: c.partition(topic, partition).leader)
 
-    def produce_barrier(self, topic: str, count: int) -> Barrier:
-        return self.run(lambda c: c.produce_barrier(topic, count))
+    def produce_barrier(self, topic: str, count: int, timeout_s: float = 5.0) -> Barrier:
+        return self.run(lambda c: c.produce_barrier(topic, count, timeout_s))
 
     def max_concurrent_produce(self, topic: str, partition: int) -> int:
         return self.run(lambda c: c.max_concurrent_produce.get((topic, partition), 0))

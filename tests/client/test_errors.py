@@ -220,7 +220,7 @@ def test_bootstrap_parsing() -> None:
         (lambda: ProducerConfig(linger_ms=-1), "linger_ms"),
         (lambda: ProducerConfig(compression="snappy"), "compression"),
         (lambda: ProducerConfig(acks="1"), "acks"),
-        (lambda: ProducerConfig(max_in_flight=2), "max_in_flight"),
+        (lambda: ProducerConfig(max_in_flight=6), "max_in_flight"),
         (lambda: ProducerConfig(batch_bytes=1024, buffer_bytes=100), "buffer_bytes"),
         (lambda: ConsumerConfig(auto_offset_reset="smallest"), "auto_offset_reset"),
         (lambda: ConsumerConfig(max_bytes=0), "max_bytes"),

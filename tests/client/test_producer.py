@@ -404,14 +404,14 @@ def test_pipelining_puts_max_in_flight_requests_at_the_broker_at_once(fake: Fake
 def test_in_flight_requests_never_exceed_max_in_flight(fake: FakeBroker) -> None:
     topic = unique("pipe")
     fake.create_topic(topic, partitions=1)
-    barrier = fake.run(lambda c: c.produce_barrier(topic, 4))
+    barrier = fake.produce_barrier(topic, 4, timeout_s=0.3)
     config = ProducerConfig(batch_bytes=300, linger_ms=0, max_in_flight=3)
 
     async def scenario() -> None:
         async with Producer(fake.bootstrap, config) as producer:
             futures = [await producer.send(topic, _record(i), partition=0) for i in range(12)]
             # 3 requests wait at a barrier for a 4th that must never come; the barrier gives up
-            # (its own deadline, 5 s, is the only wait) and lets them through.
+            # after 0.3 s (a bound, not a synchronization) and lets them through.
             await producer.flush()
             assert [f.result().offset for f in futures] == list(range(12))
 
@@ -580,7 +580,7 @@ def test_send_yields_so_senders_run_while_the_caller_never_awaits(
                 started += 1
                 return await original(*args)
 
-            producer._produce_once = counting  # type: ignore[method-assign]
+            producer._produce_once = counting  # type: ignore[method-assign,assignment]
             for i in range(600):
                 await producer.send(topic, _record(i)[:40], partition=0)
             assert started > 0
@@ -591,7 +591,7 @@ def test_send_yields_so_senders_run_while_the_caller_never_awaits(
 
 
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     partitions=st.lists(st.integers(0, 2), min_size=12, max_size=60),
@@ -641,7 +641,13 @@ def test_property_pipelined_order_and_no_duplicates_under_faults(
         )
     for sequence in delayed_acks:
         fake.inject(
-            "Produce", "DELAY", after_append=True, topic=topic, sequence=sequence, delay_ack=True
+            "Produce",
+            "DELAY",
+            after_append=True,
+            topic=topic,
+            sequence=sequence,
+            delay_ack=True,
+            delay_ack_max_s=0.2,
         )
     config = ProducerConfig(
         batch_bytes=300,
