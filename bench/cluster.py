@@ -29,6 +29,7 @@ from client.admin import AdminClient
 from client.config import ConsumerConfig, ProducerConfig
 from client.consumer import Consumer
 from client.producer import Producer
+from server.memtune import tune_malloc
 from tests.integration.harness import LocalCluster
 
 MAX_SECONDS = 120.0
