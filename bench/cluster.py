@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -29,7 +31,7 @@ from client.admin import AdminClient
 from client.config import ConsumerConfig, ProducerConfig
 from client.consumer import Consumer
 from client.producer import Producer
-from server.memtune import tune_malloc
+from server.memtune import tune_gc, tune_malloc
 from tests.integration.harness import LocalCluster
 
 MAX_SECONDS = 120.0
@@ -69,6 +71,33 @@ class Bench:
         return ProducerConfig(linger_ms=a.linger_ms, batch_bytes=a.batch_bytes, acks=a.acks)
 
 
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+class CpuMeter:
+    """Share of one core used by this process and by each broker while the meter runs."""
+
+    def __init__(self, b: Bench) -> None:
+        self.pids = {i: x.proc.pid for i, x in b.cluster.brokers.items() if x.proc and x.alive}
+        self.t0 = time.monotonic()
+        self.me0 = resource.getrusage(resource.RUSAGE_SELF)
+        self.brokers0 = {i: cpu_seconds(p) for i, p in self.pids.items()}
+
+    def read(self) -> dict:
+        dt = time.monotonic() - self.t0
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        client = me.ru_utime + me.ru_stime - self.me0.ru_utime - self.me0.ru_stime
+        out = {"client_cpu": client / dt}
+        for i, p in self.pids.items():
+            out[f"broker{i}_cpu"] = (cpu_seconds(p) - self.brokers0[i]) / dt
+        return out
+
+
 async def produce(b: Bench, topic: str, records: int, record_bytes: int, partitions: int) -> dict:
     value = b"x" * record_bytes
     latencies: list[float] = []
@@ -80,6 +109,7 @@ async def produce(b: Bench, topic: str, records: int, record_bytes: int, partiti
         )
         start = loop.time()
         deadline = start + MAX_SECONDS
+        meter = CpuMeter(b)
         sent = 0
         futs = []
         while sent < records and loop.time() < deadline:
@@ -93,6 +123,7 @@ async def produce(b: Bench, topic: str, records: int, record_bytes: int, partiti
         await producer.flush()
         await asyncio.gather(*futs)
         elapsed = loop.time() - start
+        cpu = meter.read()
     return {
         "records": sent,
         "seconds": elapsed,
@@ -101,6 +132,7 @@ async def produce(b: Bench, topic: str, records: int, record_bytes: int, partiti
         "p50_ms": pct(latencies, 0.50) * 1000,
         "p99_ms": pct(latencies, 0.99) * 1000,
         "p999_ms": pct(latencies, 0.999) * 1000,
+        **cpu,
     }
 
 
@@ -219,6 +251,7 @@ async def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     tune_malloc()  # the client builds 256 KiB batches too (see server/memtune.py)
+    tune_gc()
     header(args)
     whats = ["produce", "consume", "latency", "failover"] if args.what == "all" else [args.what]
     async with Bench(args) as b:

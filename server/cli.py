@@ -170,9 +170,10 @@ def _run_server(argv: Sequence[str]) -> int:
         return 0
 
     from server.logsetup import configure_logging
-    from server.memtune import tune_malloc
+    from server.memtune import tune_gc, tune_malloc
 
     tune_malloc()  # large record batches: keep big buffers off mmap (see server/memtune.py)
+    tune_gc()
 
     configure_logging(cfg.server.log_level, cfg.node.node_id)
 

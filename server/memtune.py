@@ -8,12 +8,18 @@ takes ~60 µs (bench/README in docs/benchmarks.md). We raise the mmap threshold 
 maximum) and keep freed memory (trim threshold, top pad) so buffers are reused.
 
 Only on Linux with glibc; elsewhere, or if mallopt refuses, this is a no-op that returns False.
+
+``tune_gc`` does the same for pauses: the broker allocates many short-lived objects (messages,
+futures) but few cycles, so the cyclic collector's default generation-0 threshold (700) runs it
+thousands of times a second and its full collections stall the event loop; a higher threshold
+and freezing the start-up heap keep collections rare and short.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -37,3 +43,9 @@ def tune_malloc(
     ok = mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1 and ok
     ok = mallopt(_M_TOP_PAD, top_pad) == 1 and ok
     return ok
+
+
+def tune_gc(gen0_threshold: int = 50_000) -> None:
+    gc.freeze()  # objects alive at start-up are never scanned again
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2)

@@ -114,6 +114,7 @@ class Runtime:
         self.election_ticks = election_ticks
         self.peer_seen: dict[int, float] = {}  # node id -> loop time a batch last arrived
         self.quiesce = quiesce
+        self.loop_stalls = 0
 
     # ------------------------------------------------------------------ groups
     def add_group(self, group: Group) -> None:
@@ -186,6 +187,12 @@ class Runtime:
                 await asyncio.sleep(delay)
             else:
                 next_at = loop.time()  # fell behind: don't burst ticks to catch up
+            lag = loop.time() - next_at
+            if lag > self.tick_s / 2:
+                # The loop was blocked (disk, GC, a long callback): visible in the logs, since
+                # a stall longer than an election timeout costs leaderships.
+                self.loop_stalls += 1
+                self._log.warning("event_loop_stalled", lag_ms=round(lag * 1000, 1))
             self.tick_all(loop.time())
             self._wake.set()
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from server.broker import Broker
 
 MAX_FETCH_BYTES = 16 << 20
+FORWARDED_KEY = "replog-forwarded"  # request metadata: already passed on by another broker
 # Exceptions that mean a broker bug rather than a bad request: logged with a traceback.
 _BUG_CLASSES = frozenset(
     {"KeyError", "AttributeError", "TypeError", "AssertionError", "IndexError", "NameError"}
@@ -220,8 +221,6 @@ class ReplogService(pb_grpc.ReplogServicer):
 
     async def _wait_for_leaders(self, name: str, timeout_s: float) -> None:
         """Best effort: a created topic is answered once every partition reported a leader."""
-        import asyncio
-
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
@@ -271,19 +270,24 @@ class ReplogService(pb_grpc.ReplogServicer):
     async def TransferLeadership(
         self, request: pb.TransferLeadershipRequest, context: Any
     ) -> pb.TransferLeadershipResponse:
-        import asyncio
-
         try:
-            if request.topic:
-                replica = self.b.replica_for(request.topic, request.partition)
-                node, group_id, what = replica.node, replica.group_id, replica.what
-            else:
-                md = self.b.metadata
-                node, group_id, what = md.node, md.group_id, "the metadata group"
-            st = node.status()
-            if st.role != Role.LEADER:
-                leader = st.leader_id
-                raise not_leader(what, leader, self.b.advertised(leader) if leader else "")
+            forwarded = any(k == FORWARDED_KEY for k, _v in context.invocation_metadata() or ())
+            try:
+                if request.topic:
+                    replica = self.b.replica_for(request.topic, request.partition)
+                    node, group_id, what = replica.node, replica.group_id, replica.what
+                else:
+                    md = self.b.metadata
+                    node, group_id, what = md.node, md.group_id, "the metadata group"
+                st = node.status()
+                if st.role != Role.LEADER:
+                    leader = st.leader_id
+                    raise not_leader(what, leader, self.b.advertised(leader) if leader else "")
+            except BrokerError as exc:
+                # Any broker accepts the request: pass it on to the leader once.
+                if exc.code != "NOT_LEADER" or forwarded:
+                    raise
+                return await self._forward_transfer(request, exc.leader_address)
             target = request.to_node
             voters = sorted(st.conf_state.voters)
             if target == 0:
@@ -323,6 +327,23 @@ class ReplogService(pb_grpc.ReplogServicer):
         except Exception as exc:
             await self._fail(context, exc)
             raise AssertionError("unreachable") from exc
+
+    async def _forward_transfer(
+        self, request: pb.TransferLeadershipRequest, address: str
+    ) -> pb.TransferLeadershipResponse:
+        async with grpc.aio.insecure_channel(address) as channel:
+            try:
+                return await pb_grpc.ReplogStub(channel).TransferLeadership(
+                    request, timeout=10.0, metadata=((FORWARDED_KEY, "1"),)
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise BrokerError(
+                    "LEADER_NOT_AVAILABLE",
+                    f"forwarding the transfer to the leader at {address} failed: {exc.details()}",
+                    retriable=True,
+                    hint="retry",
+                    status=grpc.StatusCode.UNAVAILABLE,
+                ) from None
 
 
 class PeerService(pb_grpc.PeerServicer):

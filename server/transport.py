@@ -185,6 +185,12 @@ class PeerTransport:
     async def _batches(self, link: _Link) -> AsyncIterator[pb.RaftBatch]:
         while True:
             batch = await link.queue.get()
+            # Batches queued while the stream was busy writing go out as one: every gRPC
+            # stream write costs far more than the bytes it moves.
+            while not link.queue.empty():
+                more = link.queue.get_nowait()
+                batch.messages.extend(more.messages)
+                batch.quiesced_groups.extend(more.quiesced_groups)
             link.queued_messages -= len(batch.messages)
             self.sent_batches += 1
             yield batch
