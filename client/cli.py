@@ -104,6 +104,7 @@ async def cmd_cluster_status(args: argparse.Namespace) -> int:
                     "term": cluster.metadata_term,
                     "voters": list(cluster.metadata_voters),
                 },
+                "cluster_id": cluster.cluster_id,
             }
         )
         return EXIT_OK

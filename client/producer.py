@@ -302,6 +302,7 @@ class Producer:
     ) -> RecordMetadata:
         """``send()`` and wait for the acknowledgement (flushes at once, ignoring linger)."""
         future = await self.send(topic, value, key, partition, headers, timestamp_ms)
+        await self.flush()
         return await future
 
     async def flush(self) -> None:

@@ -51,7 +51,7 @@ VERSION = "0.1.0"
 CLIENT_COMMANDS: dict[str, str] = {
     "cluster": "describe the cluster: brokers, liveness, metadata leader",
     "topic": "create, list, describe, delete topics",
-    "produce": "append records to a topic (from arguments or stdin)",
+    "produce": "append records to a topic, one per stdin line",
     "consume": "read records from a topic",
 }
 

@@ -340,8 +340,9 @@ class Runtime:
             hook()
 
     def _apply(self, group: Group, rd: Ready) -> None:
-        """Committed entries are durable on a quorum, so they are applied at once, without
-        waiting for this node's own fsync (a crash re-applies them from the log on restart)."""
+        """Applies what the core handed out as committed in this Ready, in the same turn (the
+        core only hands out entries that are committed and already persisted on this node, so
+        applying never waits on this turn's own fsync job)."""
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             # An installed snapshot is applied state (the replica restored it in _write).
             group.node.advance_apply(rd.snapshot.metadata.index)

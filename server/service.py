@@ -8,8 +8,9 @@ error and the broker keeps serving; nothing here raises out of a handler unhandl
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -39,6 +40,22 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _handled(
+    method: Callable[[ReplogService, Any, Any], Awaitable[Any]],
+) -> Callable[[ReplogService, Any, Any], Awaitable[Any]]:
+    """Every unary handler's error path: a typed gRPC error for any failure, never a crash."""
+
+    @functools.wraps(method)
+    async def handler(self: ReplogService, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:
+            await self._fail(context, exc)
+            raise AssertionError("unreachable: abort() raises") from exc
+
+    return handler
+
+
 class ReplogService(pb_grpc.ReplogServicer):
     def __init__(self, broker: Broker) -> None:
         self.b = broker
@@ -49,32 +66,29 @@ class ReplogService(pb_grpc.ReplogServicer):
         await abort_with(context, exc)
 
     # ------------------------------------------------------------------ produce / fetch
+    @_handled
     async def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
-        try:
-            if not request.topic:
-                raise invalid_request("produce request has no topic", "set the topic name")
-            if request.partition < 0:
-                raise invalid_request(
-                    f"partition {request.partition} is negative", "partitions count from 0"
-                )
-            if not request.batch:
-                raise invalid_request("produce request has an empty batch", "send one record batch")
-            replica = self.b.replica_for(request.topic, request.partition)
-            timeout_ms = request.timeout_ms or self.b.cfg.server.produce_timeout_ms
-            res = await replica.produce(
-                request.batch,
-                acks_leader=request.acks == pb.ACKS_LEADER,
-                timeout_s=timeout_ms / 1000,
+        if not request.topic:
+            raise invalid_request("produce request has no topic", "set the topic name")
+        if request.partition < 0:
+            raise invalid_request(
+                f"partition {request.partition} is negative", "partitions count from 0"
             )
-            return pb.ProduceResponse(
-                base_offset=res.base_offset,
-                last_offset=res.last_offset,
-                log_start_offset=res.log_start_offset,
-                duplicate=res.duplicate,
-            )
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+        if not request.batch:
+            raise invalid_request("produce request has an empty batch", "send one record batch")
+        replica = self.b.replica_for(request.topic, request.partition)
+        timeout_ms = request.timeout_ms or self.b.cfg.server.produce_timeout_ms
+        res = await replica.produce(
+            request.batch,
+            acks_leader=request.acks == pb.ACKS_LEADER,
+            timeout_s=timeout_ms / 1000,
+        )
+        return pb.ProduceResponse(
+            base_offset=res.base_offset,
+            last_offset=res.last_offset,
+            log_start_offset=res.log_start_offset,
+            duplicate=res.duplicate,
+        )
 
     async def Fetch(
         self, request: pb.FetchRequest, context: Any
@@ -148,76 +162,61 @@ class ReplogService(pb_grpc.ReplogServicer):
             "cluster_id": self.b.cfg.node.cluster_id,
         }
 
+    @_handled
     async def Metadata(self, request: pb.MetadataRequest, context: Any) -> pb.MetadataResponse:
-        try:
-            state = self.b.metadata.state
-            names = list(request.topics) or sorted(state.topics)
-            topics = [self._topic_msg(state.topic(n)) for n in names]
-            return pb.MetadataResponse(
-                brokers=self._broker_msgs(), topics=topics, **self._cluster_fields()
-            )
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+        state = self.b.metadata.state
+        names = list(request.topics) or sorted(state.topics)
+        topics = [self._topic_msg(state.topic(n)) for n in names]
+        return pb.MetadataResponse(
+            brokers=self._broker_msgs(), topics=topics, **self._cluster_fields()
+        )
 
+    @_handled
     async def DescribeCluster(
         self, request: pb.DescribeClusterRequest, context: Any
     ) -> pb.DescribeClusterResponse:
-        try:
-            return pb.DescribeClusterResponse(brokers=self._broker_msgs(), **self._cluster_fields())
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+        return pb.DescribeClusterResponse(brokers=self._broker_msgs(), **self._cluster_fields())
 
+    @_handled
     async def ListTopics(
         self, request: pb.ListTopicsRequest, context: Any
     ) -> pb.ListTopicsResponse:
-        try:
-            await self.b.metadata.barrier()
-            state = self.b.metadata.state
-            return pb.ListTopicsResponse(
-                topics=[self._topic_msg(state.topics[n]) for n in sorted(state.topics)]
-            )
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+        await self.b.metadata.barrier()
+        state = self.b.metadata.state
+        return pb.ListTopicsResponse(
+            topics=[self._topic_msg(state.topics[n]) for n in sorted(state.topics)]
+        )
 
+    @_handled
     async def DescribeTopic(
         self, request: pb.DescribeTopicRequest, context: Any
     ) -> pb.DescribeTopicResponse:
-        try:
-            await self.b.metadata.barrier()
-            return pb.DescribeTopicResponse(
-                topic=self._topic_msg(self.b.metadata.state.topic(request.name))
-            )
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+        await self.b.metadata.barrier()
+        return pb.DescribeTopicResponse(
+            topic=self._topic_msg(self.b.metadata.state.topic(request.name))
+        )
 
     # ------------------------------------------------------------------ admin writes
+    @_handled
     async def CreateTopic(
         self, request: pb.CreateTopicRequest, context: Any
     ) -> pb.CreateTopicResponse:
-        try:
-            state = self.b.metadata.state
-            live = tuple(state.live_brokers(_now_ms(), self.b.cfg.server.broker_session_timeout_ms))
-            await self.b.metadata.propose(
-                mcmd.CreateTopic(
-                    request.name,
-                    request.partitions,
-                    request.replication_factor,
-                    dict(request.config),
-                    _now_ms(),
-                    live,
-                )
+        state = self.b.metadata.state
+        live = tuple(state.live_brokers(_now_ms(), self.b.cfg.server.broker_session_timeout_ms))
+        await self.b.metadata.propose(
+            mcmd.CreateTopic(
+                request.name,
+                request.partitions,
+                request.replication_factor,
+                dict(request.config),
+                _now_ms(),
+                live,
             )
-            await self._wait_for_leaders(request.name, timeout_s=10.0)
-            return pb.CreateTopicResponse(
-                topic=self._topic_msg(self.b.metadata.state.topic(request.name))
-            )
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+        )
+        await self._wait_for_leaders(request.name, timeout_s=10.0)
+        return pb.CreateTopicResponse(
+            topic=self._topic_msg(self.b.metadata.state.topic(request.name))
+        )
 
     async def _wait_for_leaders(self, name: str, timeout_s: float) -> None:
         """Best effort: a created topic is answered once every partition reported a leader."""
@@ -229,104 +228,92 @@ class ReplogService(pb_grpc.ReplogServicer):
                 return
             await asyncio.sleep(0.02)
 
+    @_handled
     async def DeleteTopic(
         self, request: pb.DeleteTopicRequest, context: Any
     ) -> pb.DeleteTopicResponse:
-        try:
-            await self.b.metadata.propose(mcmd.DeleteTopic(request.name))
-            return pb.DeleteTopicResponse()
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+        await self.b.metadata.propose(mcmd.DeleteTopic(request.name))
+        return pb.DeleteTopicResponse()
 
+    @_handled
     async def InitProducerId(
         self, request: pb.InitProducerIdRequest, context: Any
     ) -> pb.InitProducerIdResponse:
-        try:
-            first = await self.b.metadata.propose(mcmd.AllocateProducerIds(1))
-            return pb.InitProducerIdResponse(producer_id=int(first), producer_epoch=0)
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+        first = await self.b.metadata.propose(mcmd.AllocateProducerIds(1))
+        return pb.InitProducerIdResponse(producer_id=int(first), producer_epoch=0)
 
+    @_handled
     async def ListOffsets(
         self, request: pb.ListOffsetsRequest, context: Any
     ) -> pb.ListOffsetsResponse:
-        try:
-            replica = self.b.replica_for(request.topic, request.partition)
-            replica.ensure_leader()
-            s = replica.state
-            return pb.ListOffsetsResponse(
-                log_start_offset=s.log_start_offset,
-                high_watermark=s.high_watermark,
-                leader=self.b.node_id,
-                leader_term=replica.term,
-                log_end_offset=s.next_offset(),
-            )
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+        replica = self.b.replica_for(request.topic, request.partition)
+        replica.ensure_leader()
+        s = replica.state
+        return pb.ListOffsetsResponse(
+            log_start_offset=s.log_start_offset,
+            high_watermark=s.high_watermark,
+            leader=self.b.node_id,
+            leader_term=replica.term,
+            log_end_offset=s.next_offset(),
+        )
 
+    @_handled
     async def TransferLeadership(
         self, request: pb.TransferLeadershipRequest, context: Any
     ) -> pb.TransferLeadershipResponse:
+        forwarded = any(k == FORWARDED_KEY for k, _v in context.invocation_metadata() or ())
         try:
-            forwarded = any(k == FORWARDED_KEY for k, _v in context.invocation_metadata() or ())
-            try:
-                if request.topic:
-                    replica = self.b.replica_for(request.topic, request.partition)
-                    node, group_id, what = replica.node, replica.group_id, replica.what
-                else:
-                    md = self.b.metadata
-                    node, group_id, what = md.node, md.group_id, "the metadata group"
-                st = node.status()
-                if st.role != Role.LEADER:
-                    leader = st.leader_id
-                    raise not_leader(what, leader, self.b.advertised(leader) if leader else "")
-            except BrokerError as exc:
-                # Any broker accepts the request: pass it on to the leader once.
-                if exc.code != "NOT_LEADER" or forwarded:
-                    raise
-                return await self._forward_transfer(request, exc.leader_address)
-            target = request.to_node
-            voters = sorted(st.conf_state.voters)
-            if target == 0:
-                others = [v for v in voters if v != self.b.node_id]
-                if not others:
-                    raise invalid_request(f"{what} has no other voter", "add replicas first")
-                target = max(others, key=lambda v: st.progress[v].match if v in st.progress else 0)
-            if target not in voters:
-                raise invalid_request(
-                    f"node {target} is not a voter of {what} (voters: {voters})",
-                    "pick one of the voters",
-                )
             if request.topic:
-                # Make the target the preferred replica in the metadata first, so leader
-                # priority keeps leadership there instead of handing it straight back.
-                replicas = self.b.partitions[group_id].replicas
-                if replicas and replicas[0] != target:
-                    order = (target, *[r for r in replicas if r != target])
-                    await self.b.metadata.propose(mcmd.SetReplicas(group_id, order))
-            if target != self.b.node_id:
-                node.transfer_leadership(target)
-                self.b.runtime.touch(group_id)
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 5.0
-                while loop.time() < deadline and node.status().leader_id != target:
-                    await asyncio.sleep(0.02)
-            leader = node.status().leader_id
-            if leader != target:
-                raise BrokerError(
-                    "REQUEST_TIMED_OUT",
-                    f"leadership of {what} did not move to {target} (leader is {leader})",
-                    retriable=True,
-                    hint="the target may be lagging; retry",
-                    status=grpc.StatusCode.DEADLINE_EXCEEDED,
-                )
-            return pb.TransferLeadershipResponse(leader=leader)
-        except Exception as exc:
-            await self._fail(context, exc)
-            raise AssertionError("unreachable") from exc
+                replica = self.b.replica_for(request.topic, request.partition)
+                node, group_id, what = replica.node, replica.group_id, replica.what
+            else:
+                md = self.b.metadata
+                node, group_id, what = md.node, md.group_id, "the metadata group"
+            st = node.status()
+            if st.role != Role.LEADER:
+                leader = st.leader_id
+                raise not_leader(what, leader, self.b.advertised(leader) if leader else "")
+        except BrokerError as exc:
+            # Any broker accepts the request: pass it on to the leader once.
+            if exc.code != "NOT_LEADER" or forwarded:
+                raise
+            return await self._forward_transfer(request, exc.leader_address)
+        target = request.to_node
+        voters = sorted(st.conf_state.voters)
+        if target == 0:
+            others = [v for v in voters if v != self.b.node_id]
+            if not others:
+                raise invalid_request(f"{what} has no other voter", "add replicas first")
+            target = max(others, key=lambda v: st.progress[v].match if v in st.progress else 0)
+        if target not in voters:
+            raise invalid_request(
+                f"node {target} is not a voter of {what} (voters: {voters})",
+                "pick one of the voters",
+            )
+        if request.topic:
+            # Make the target the preferred replica in the metadata first, so leader
+            # priority keeps leadership there instead of handing it straight back.
+            replicas = self.b.partitions[group_id].replicas
+            if replicas and replicas[0] != target:
+                order = (target, *[r for r in replicas if r != target])
+                await self.b.metadata.propose(mcmd.SetReplicas(group_id, order))
+        if target != self.b.node_id:
+            node.transfer_leadership(target)
+            self.b.runtime.touch(group_id)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5.0
+            while loop.time() < deadline and node.status().leader_id != target:
+                await asyncio.sleep(0.02)
+        leader = node.status().leader_id
+        if leader != target:
+            raise BrokerError(
+                "REQUEST_TIMED_OUT",
+                f"leadership of {what} did not move to {target} (leader is {leader})",
+                retriable=True,
+                hint="the target may be lagging; retry",
+                status=grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+        return pb.TransferLeadershipResponse(leader=leader)
 
     async def _forward_transfer(
         self, request: pb.TransferLeadershipRequest, address: str

@@ -1,4 +1,4 @@
-"""CLI: ``python -m tests.sim --seeds 0:500 --nodes 5 [--steps N] [--verbose]``.
+"""CLI: ``python -m tests.sim --seeds 0:500 --nodes 5 [--steps N] [--profile P] [--verbose]``.
 
 Prints one line per failing seed (replay it alone with ``--seeds S:S+1``), then a final JSON
 line exactly ``{"seeds": N, "violations": K, "steps": S}`` (S = simulated steps in total).
