@@ -36,7 +36,7 @@ def json_out(fake: FakeBroker, capsys: pytest.CaptureFixture[str], *argv: str) -
 def test_cluster_status_json_shape(fake: FakeBroker, capsys: pytest.CaptureFixture[str]) -> None:
     status = json_out(fake, capsys, "cluster", "status")
     assert isinstance(status, dict)
-    assert set(status) == {"brokers", "metadata"}
+    assert set(status) == {"brokers", "metadata", "cluster_id"}  # cluster_id: an extension
     assert set(status["metadata"]) == {"leader", "term", "voters"}
     assert status["metadata"] == {"leader": 1, "term": 3, "voters": [1, 2, 3]}
     assert status["brokers"][0] == {

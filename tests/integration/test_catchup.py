@@ -43,7 +43,9 @@ def test_follower_behind_retention_catches_up_from_snapshot(cluster_factory) -> 
                 acked[v] = (await (await producer.send("ret", v, partition=0))).offset
 
         async def dropped() -> str | None:
-            r = await list_offsets(cluster, leader, "ret")
+            # Leadership may move meanwhile (leader priority): ask whoever leads now.
+            current = await cluster.partition_leader("ret", 0)
+            r = await list_offsets(cluster, current, "ret")
             return None if r.log_start_offset > 0 else f"log_start_offset={r.log_start_offset}"
 
         await wait_until(dropped, 20, "retention on the leader", cluster)
@@ -54,8 +56,9 @@ def test_follower_behind_retention_catches_up_from_snapshot(cluster_factory) -> 
             return None if "partition_snapshot_installed" in text else "no snapshot installed yet"
 
         await wait_until(installed, 30, f"node {follower} installs a snapshot", cluster)
-        # Make the caught-up follower the leader, then read everything through it.
-        channel, stub = cluster.stub(leader)
+        # Make the caught-up follower the leader, then read everything through it (any live
+        # broker accepts the transfer and forwards it to the leader).
+        channel, stub = cluster.stub(next(i for i in cluster.brokers if i != follower))
         async with channel:
             r = await stub.TransferLeadership(
                 pb.TransferLeadershipRequest(topic="ret", partition=0, to_node=follower), timeout=10
