@@ -23,26 +23,23 @@ Strategy (etcd-raft's shape):
 * Membership is applied when a CONF_CHANGE entry commits (see raft/confchange.py).
 * ReadIndex (§6.4), leadership transfer (§3.10), leader priority (replog's own: a leader
   hands over to a strictly higher-priority, caught-up, recently active voter).
+* The leader-only rules (``step_leader``, proposals, replication, commit, the leader side of
+  ReadIndex and transfer, the CheckQuorum tick) live in raft/leader.py as ``LeaderMixin``;
+  they are still methods of ``Raft`` and are overridden the same way.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from enum import IntEnum
 
-from raft.confchange import apply_conf_change, validate_conf_change
+from raft.confchange import apply_conf_change
 from raft.config import RaftConfig
-from raft.errors import (
-    Compacted,
-    InvariantViolation,
-    NotLeader,
-    ProposalDropped,
-    SnapshotTemporarilyUnavailable,
-)
+from raft.errors import InvariantViolation
+from raft.leader import NEED_SNAPSHOT, LeaderMixin
 from raft.log import RaftLog
-from raft.progress import ProgressState
-from raft.quorum import VoteResult, has_quorum
+from raft.quorum import VoteResult
 from raft.read_only import ReadOnly
 from raft.storage_api import LogStorage
 from raft.tracker import ProgressTracker
@@ -65,19 +62,8 @@ Logger = Callable[..., None]
 CAMPAIGN_TRANSFER = b"transfer"
 """Context of VOTE requests triggered by TIMEOUT_NOW: they bypass the leader lease."""
 
-NEED_SNAPSHOT = b"need_snapshot"
-"""Context of an APP rejection from an uninitialized node (no membership, empty log).
-
-Such a node (added to a running group with empty storage) cannot replay CONF_CHANGE entries:
-it does not know the membership they modify. It asks for the leader's snapshot instead, which
-carries a ConfState; for a never-compacted log that is the bootstrap snapshot at index 0."""
-
 _MT = MessageType
 _LEADER_IMMEDIATE = frozenset({_MT.APP, _MT.HEARTBEAT, _MT.SNAPSHOT, _MT.TIMEOUT_NOW})
-_NORMAL = EntryType.NORMAL
-_REPLICATE = ProgressState.REPLICATE
-_PROBE = ProgressState.PROBE
-_SNAPSHOT = ProgressState.SNAPSHOT
 
 
 class CampaignType(IntEnum):
@@ -90,7 +76,7 @@ def _noop_logger(event: str, **fields: object) -> None:
     return None
 
 
-class Raft:
+class Raft(LeaderMixin):
     def __init__(
         self,
         config: RaftConfig,
@@ -438,26 +424,6 @@ class Raft:
             self.election_elapsed = 0
             self.hup()
 
-    def tick_heartbeat(self) -> None:
-        self.heartbeat_elapsed += 1
-        self.election_elapsed += 1
-        if self.election_elapsed >= self.election_ticks:
-            self.election_elapsed = 0
-            if self.config.check_quorum:
-                if not self.tracker.quorum_active():
-                    self.report("leader_stepped_down", reason="no quorum contact")
-                    self.become_follower(self.term, NONE)
-                    return
-                for node_id, pr in self.tracker.progress.items():
-                    pr.recent_active = node_id == self.id
-            if self.lead_transferee != NONE:
-                self.report("transfer_aborted", transferee=self.lead_transferee)
-                self.lead_transferee = NONE
-        if self.heartbeat_elapsed >= self.heartbeat_ticks:
-            self.heartbeat_elapsed = 0
-            self.bcast_heartbeat()
-            self.maybe_transfer_to_priority()
-
     # -- step ----------------------------------------------------------------------------------
 
     def step(self, m: Message) -> None:
@@ -506,28 +472,6 @@ class Raft:
             self.transfer_leadership(m.from_)
         else:
             self.report("message_dropped", reason="term 0", msg_type=m.type.name)
-
-    def step_leader(self, m: Message) -> None:
-        t = m.type
-        if t is _MT.APP_RESP:
-            self.handle_append_response(m)
-        elif t is _MT.HEARTBEAT_RESP:
-            self.handle_heartbeat_response(m)
-        elif t is _MT.READ_INDEX:
-            self.leader_read_index(m)
-        elif t is _MT.TRANSFER_LEADER:
-            self.transfer_leadership(m.from_)
-        elif t is _MT.SNAPSHOT_STATUS:
-            self.report_snapshot(m.from_, not m.reject)
-        elif t is _MT.UNREACHABLE:
-            self.report_unreachable(m.from_)
-        elif t in (_MT.APP, _MT.HEARTBEAT, _MT.SNAPSHOT):
-            raise InvariantViolation(
-                "election safety",
-                f"one leader in term {self.term}",
-                f"node {m.from_} also leads term {m.term}",
-                "two nodes won the same term (vote rule or vote persistence bug)",
-            )
 
     def step_candidate(self, m: Message) -> None:
         t = m.type
@@ -682,201 +626,7 @@ class Raft:
         self.log.restore(snap)
         self.tracker.apply_conf(snap.metadata.conf_state, self.log.last_index() + 1)
 
-    # -- leader: appending and replication ---------------------------------------------------
-
-    def append_entries(self, ents: list[Entry]) -> None:
-        self.log.append(ents)
-        self.bcast_append()
-
-    def propose_many(self, datas: Sequence[bytes]) -> int:
-        self.check_can_propose()
-        size = 0
-        for d in datas:
-            size += len(d)
-        if self.uncommitted_bytes and self.uncommitted_bytes + size > (
-            self.config.max_uncommitted_bytes
-        ):
-            raise ProposalDropped(
-                f"uncommitted tail is full ({self.uncommitted_bytes} bytes pending, limit "
-                f"{self.config.max_uncommitted_bytes}); retry after commits catch up"
-            )
-        self.uncommitted_bytes += size
-        first = self.log.last_index() + 1
-        term = self.term
-        self.append_entries([Entry(first + i, term, _NORMAL, d) for i, d in enumerate(datas)])
-        return first
-
-    def check_can_propose(self) -> None:
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id, self.term)
-        if self.lead_transferee != NONE:
-            raise ProposalDropped(f"leadership transfer to node {self.lead_transferee} in progress")
-        if self.id not in self.tracker.progress:
-            raise ProposalDropped("this leader has been removed from the group")
-
-    def propose_conf_change(self, cc: ConfChange) -> int:
-        self.check_can_propose()
-        if self.pending_conf_index > self.log.committed:
-            raise ProposalDropped(
-                f"a configuration change (index {self.pending_conf_index}) is not yet "
-                f"committed (commit {self.log.committed}); one change at a time"
-            )
-        reason = validate_conf_change(self.tracker.conf_state(), cc)
-        if reason is not None:
-            raise ProposalDropped(reason)
-        index = self.log.last_index() + 1
-        self.pending_conf_index = index
-        self.append_entries([Entry(index, self.term, EntryType.CONF_CHANGE, cc.encode())])
-        return index
-
-    def bcast_append(self) -> None:
-        for node_id in self.tracker.progress:
-            if node_id != self.id:
-                self.maybe_send_append(node_id, True)
-
-    def maybe_send_append(self, to: int, send_if_empty: bool) -> bool:
-        pr = self.tracker.progress[to]
-        if pr.is_paused():
-            return False
-        log = self.log
-        prev_index = pr.next - 1
-        try:
-            prev_term = log.term(prev_index)
-            ents = log.slice(pr.next, log.last_index() + 1, self.max_size_per_msg)
-        except Compacted:
-            return self.maybe_send_snapshot(to)
-        if not ents and not send_if_empty:
-            return False
-        nbytes = 0
-        if ents:
-            for e in ents:
-                nbytes += len(e.data)
-            nbytes += 24 * len(ents)
-        self.send(
-            Message(
-                _MT.APP,
-                to,
-                self.id,
-                self.term,
-                log_term=prev_term,
-                index=prev_index,
-                entries=tuple(ents),
-                commit=log.committed,
-            )
-        )
-        pr.sent_entries(len(ents), nbytes)
-        return True
-
-    def maybe_send_snapshot(self, to: int, bootstrap_ok: bool = False) -> bool:
-        pr = self.tracker.progress[to]
-        if not pr.recent_active:
-            return False
-        try:
-            snap = self.log.storage.snapshot()
-        except SnapshotTemporarilyUnavailable:
-            self.report("snapshot_unavailable", to=to)
-            return False
-        if snap.is_empty() and not bootstrap_ok:
-            raise InvariantViolation(
-                "snapshot to send",
-                "a non-empty snapshot",
-                "an empty one",
-                "the log was compacted without a snapshot",
-            )
-        pr.become_snapshot(snap.metadata.index)
-        self.send(Message(_MT.SNAPSHOT, to, self.id, self.term, snapshot=snap))
-        self.report("snapshot_sent", to=to, index=snap.metadata.index)
-        return True
-
-    def bcast_heartbeat(self, context: bytes = b"") -> None:
-        ctx = context or self.read_only.last_pending_context()
-        committed = self.log.committed
-        for node_id, pr in self.tracker.progress.items():
-            if node_id != self.id:
-                self.send(
-                    Message(
-                        _MT.HEARTBEAT,
-                        node_id,
-                        self.id,
-                        self.term,
-                        commit=min(pr.match, committed),
-                        context=ctx,
-                    )
-                )
-
-    def handle_append_response(self, m: Message) -> None:
-        pr = self.tracker.progress.get(m.from_)
-        if pr is None:
-            return
-        pr.recent_active = True
-        if m.reject and m.context == NEED_SNAPSHOT:
-            if pr.state is not _SNAPSHOT:
-                self.maybe_send_snapshot(m.from_, bootstrap_ok=True)
-            return
-        if m.reject:
-            next_probe = m.reject_hint
-            if m.log_term > 0:
-                next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
-            if pr.maybe_decr_to(m.index, next_probe):
-                if pr.state is _REPLICATE:
-                    pr.become_probe()
-                self.maybe_send_append(m.from_, True)
-            return
-        old_paused = pr.is_paused()
-        updated = pr.maybe_update(m.index)
-        if pr.state is _SNAPSHOT and m.index >= pr.pending_snapshot and pr.match >= m.index:
-            pr.become_probe()  # the snapshot (possibly the index-0 bootstrap one) is installed
-        elif not updated:
-            return
-        elif pr.state is _PROBE:
-            pr.become_replicate()
-        elif pr.state is _REPLICATE:
-            pr.inflights.free_le(m.index)
-        if self.maybe_commit():
-            self.on_committed()
-            # Committing may have applied a conf change removing the peer or this leader.
-            if self.role is not Role.LEADER or m.from_ not in self.tracker.progress:
-                return
-        elif old_paused:
-            self.maybe_send_append(m.from_, True)
-        while self.maybe_send_append(m.from_, False):
-            pass
-        if m.from_ == self.lead_transferee and pr.match == self.log.last_index():
-            self.send_timeout_now(m.from_)
-
-    def handle_heartbeat_response(self, m: Message) -> None:
-        pr = self.tracker.progress.get(m.from_)
-        if pr is None:
-            return
-        pr.recent_active = True
-        pr.probe_sent = False
-        if pr.state is _REPLICATE and pr.inflights.full():
-            pr.inflights.free_first_one()
-        if pr.match < self.log.last_index():
-            self.maybe_send_append(m.from_, True)
-        if not m.context:
-            return
-        acks = self.read_only.recv_ack(m.from_, m.context)
-        if acks is None or not has_quorum(self.tracker.voters, acks):
-            return
-        for status in self.read_only.advance(m.context):
-            self.respond_read_index(status.index, status.context, status.request_from)
-
-    def maybe_commit(self) -> bool:
-        """Advance commit to the quorum's match, only for a current-term entry (§3.6.2)."""
-        return self.log.maybe_commit(self.tracker.committed(), self.term)
-
-    def on_committed(self) -> None:
-        """The leader's commit index moved: apply conf changes, release reads, tell peers."""
-        first_in_term = bool(self.pending_read_index) and self.committed_entry_in_current_term()
-        self.after_commit_changed()
-        if self.role is not Role.LEADER:
-            return
-        self.bcast_append()
-        if first_in_term:
-            pending, self.pending_read_index = self.pending_read_index, []
-            for m in pending:
-                self.leader_read_index(m)
+    # -- commit application (any role) --------------------------------------------------------
 
     def after_commit_changed(self) -> None:
         ci = self.log.conf_indexes
@@ -921,59 +671,7 @@ class Raft:
         if self.maybe_commit():
             self.on_committed()
 
-    # -- leadership transfer -------------------------------------------------------------------
-
-    def transfer_leadership(self, to: int) -> None:
-        if self.role is not Role.LEADER:
-            if self.leader_id == NONE:
-                self.report("transfer_dropped", transferee=to, reason="no leader")
-                return
-            if self.leader_id == self.id or to == self.leader_id:
-                return
-            self.send(Message(_MT.TRANSFER_LEADER, self.leader_id, to, self.term))
-            return
-        if to == self.id or to not in self.tracker.voters:
-            self.report("transfer_ignored", transferee=to, reason="self or not a voter")
-            return
-        if self.lead_transferee == to:
-            return
-        if self.lead_transferee != NONE:
-            self.report("transfer_aborted", transferee=self.lead_transferee)
-        self.election_elapsed = 0
-        self.lead_transferee = to
-        self.report("transfer_started", transferee=to)
-        if self.tracker.progress[to].match == self.log.last_index():
-            self.send_timeout_now(to)
-        else:
-            self.maybe_send_append(to, True)
-
-    def send_timeout_now(self, to: int) -> None:
-        self.send(Message(_MT.TIMEOUT_NOW, to, self.id, self.term))
-
-    def maybe_transfer_to_priority(self) -> bool:
-        if not self.priorities or self.lead_transferee != NONE:
-            return False
-        mine = self.my_priority()
-        last = self.log.last_index()
-        best = NONE
-        best_priority = mine
-        for node_id in self.tracker.voter_list:
-            if node_id == self.id:
-                continue
-            p = self.priorities.get(node_id, 0)
-            pr = self.tracker.progress[node_id]
-            if p > best_priority and pr.recent_active and pr.match == last:
-                best, best_priority = node_id, p
-        if best == NONE:
-            return False
-        self.report("priority_transfer", transferee=best, priority=best_priority, own_priority=mine)
-        self.transfer_leadership(best)
-        return True
-
     # -- read index ------------------------------------------------------------------------------
-
-    def committed_entry_in_current_term(self) -> bool:
-        return self.log.term_or_zero(self.log.committed) == self.term
 
     def read_index(self, context: bytes) -> None:
         m = Message(_MT.READ_INDEX, self.id, self.id, self.term, context=context)
@@ -984,50 +682,7 @@ class Raft:
         else:
             self.send(Message(_MT.READ_INDEX, self.leader_id, self.id, self.term, context=context))
 
-    def leader_read_index(self, m: Message) -> None:
-        if self.tracker.is_singleton():
-            self.respond_read_index(self.log.committed, m.context, m.from_)
-            return
-        if not self.committed_entry_in_current_term():
-            self.pending_read_index.append(m)
-            return
-        if self.read_only.add_request(self.log.committed, m.context, m.from_, self.id):
-            self.bcast_heartbeat(m.context)
-
-    def respond_read_index(self, index: int, context: bytes, request_from: int) -> None:
-        if request_from in (self.id, NONE):
-            self.read_states.append(ReadState(index, context))
-        else:
-            self.send(
-                Message(
-                    _MT.READ_INDEX_RESP,
-                    request_from,
-                    self.id,
-                    self.term,
-                    index=index,
-                    context=context,
-                )
-            )
-
-    # -- runtime reports ------------------------------------------------------------------------
-
-    def report_unreachable(self, node_id: int) -> None:
-        pr = self.tracker.progress.get(node_id)
-        if self.role is not Role.LEADER or pr is None:
-            return
-        if pr.state is _REPLICATE:
-            pr.become_probe()
-
-    def report_snapshot(self, node_id: int, ok: bool) -> None:
-        pr = self.tracker.progress.get(node_id)
-        if self.role is not Role.LEADER or pr is None or pr.state is not _SNAPSHOT:
-            return
-        if not ok:
-            pr.pending_snapshot = 0
-        pr.become_probe()
-        # Wait for the follower's APP_RESP (or a heartbeat) before the next probe.
-        pr.probe_sent = True
-        self.report("snapshot_reported", to=node_id, ok=ok)
+    # -- runtime configuration -----------------------------------------------------------------
 
     def set_priorities(self, priorities: Mapping[int, int]) -> None:
         self.priorities = dict(priorities)
