@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ class Broker:
         self.partitions: dict[int, PartitionReplica] = {}
         self.by_name: dict[tuple[str, int], int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._reconcile_scheduled = False
         self._opening: set[int] = set()
@@ -386,10 +388,7 @@ class Broker:
         if self.metadata.role == Role.LEADER:
             self._add_learners_for_registered_brokers()
         if to_open:
-            task = asyncio.get_running_loop().create_task(
-                self._open_new_partitions(to_open), name="open-partitions"
-            )
-            self._tasks.append(task)
+            self.spawn(self._open_new_partitions(to_open), "open-partitions")
 
     async def _open_new_partitions(
         self, items: list[tuple[PartitionAssignment, dict[str, str]]]
@@ -414,7 +413,6 @@ class Broker:
                 self.log.exception("partition_open_failed", group_id=a.group_id, error=repr(exc))
             finally:
                 self._opening.discard(a.group_id)
-        self._tasks = [t for t in self._tasks if not t.done()]
 
     def _add_learners_for_registered_brokers(self) -> None:
         """Brokers that are not metadata voters follow the metadata group as learners."""
@@ -432,11 +430,24 @@ class Broker:
                     self.log.info("metadata_learner_added", learner=node_id)
                 return  # one membership change at a time
 
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Starts a named background task that is referenced until done (asyncio keeps only
+        weak references), cancelled at shutdown, and whose crash is logged, never lost."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.log.error("task_crashed", task=name, error=repr(t.exception()))
+
+        task.add_done_callback(done)
+
     def _report_leader(self, group_id: int, leader: int, term: int) -> None:
         self._leader_reports[group_id] = term
-        asyncio.get_running_loop().create_task(
+        self.spawn(
             self._propose_quietly(mcmd.UpdateLeader(group_id, leader, term)),
-            name=f"report-leader-{group_id}",
+            f"report-leader-{group_id}",
         )
 
     async def _propose_quietly(self, cmd: object) -> None:
@@ -599,9 +610,10 @@ class Broker:
         self.stopping = True
         if graceful:
             await self._transfer_leadership_away()
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._background]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.server is not None:
