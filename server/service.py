@@ -8,6 +8,7 @@ error and the broker keeps serving; nothing here raises out of a handler unhandl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ import grpc
 from client.wire import replog_pb2 as pb
 from client.wire import replog_pb2_grpc as pb_grpc
 from metadata import commands as mcmd
+from metadata.errors import MetadataError
 from metadata.state import Topic
 from raft.types import Role
 from server.codec import MalformedPeerMessage, message_from_proto
@@ -26,6 +28,7 @@ from server.transport import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from server.broker import Broker
+    from server.partition_replica import PartitionReplica
 
 MAX_FETCH_BYTES = 16 << 20
 FORWARDED_KEY = "replog-forwarded"  # request metadata: already passed on by another broker
@@ -60,6 +63,19 @@ class ReplogService(pb_grpc.ReplogServicer):
     def __init__(self, broker: Broker) -> None:
         self.b = broker
 
+    async def _catch_up_metadata(self) -> None:
+        """Before answering that a topic does not exist, make sure this replica has applied
+        everything committed (a broker that just restarted replays its metadata log first)."""
+        with contextlib.suppress(BrokerError):
+            await self.b.metadata.barrier(timeout_s=3.0)
+
+    async def _replica(self, topic: str, partition: int) -> PartitionReplica:
+        try:
+            return self.b.replica_for(topic, partition)
+        except MetadataError:  # UnknownTopic: maybe not known *yet* here
+            await self._catch_up_metadata()
+            return self.b.replica_for(topic, partition)
+
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         if not isinstance(exc, BrokerError) and type(exc).__name__ in _BUG_CLASSES:
             self.b.log.exception("request_failed", error=repr(exc))
@@ -76,7 +92,7 @@ class ReplogService(pb_grpc.ReplogServicer):
             )
         if not request.batch:
             raise invalid_request("produce request has an empty batch", "send one record batch")
-        replica = self.b.replica_for(request.topic, request.partition)
+        replica = await self._replica(request.topic, request.partition)
         timeout_ms = request.timeout_ms or self.b.cfg.server.produce_timeout_ms
         res = await replica.produce(
             request.batch,
@@ -103,7 +119,7 @@ class ReplogService(pb_grpc.ReplogServicer):
                 raise invalid_request(f"max_bytes {max_bytes} is negative", "use a positive size")
             max_bytes = min(max_bytes, MAX_FETCH_BYTES)
             max_wait_s = (request.max_wait_ms or self.b.cfg.server.fetch_max_wait_ms) / 1000
-            replica = self.b.replica_for(request.topic, request.partition)
+            replica = await self._replica(request.topic, request.partition)
             async for result in replica.fetch_stream(
                 request.offset, max_bytes, max_wait_s, request.follow
             ):
@@ -166,6 +182,9 @@ class ReplogService(pb_grpc.ReplogServicer):
     async def Metadata(self, request: pb.MetadataRequest, context: Any) -> pb.MetadataResponse:
         state = self.b.metadata.state
         names = list(request.topics) or sorted(state.topics)
+        if any(n not in state.topics for n in names):
+            await self._catch_up_metadata()
+            state = self.b.metadata.state
         topics = [self._topic_msg(state.topic(n)) for n in names]
         return pb.MetadataResponse(
             brokers=self._broker_msgs(), topics=topics, **self._cluster_fields()
@@ -246,7 +265,7 @@ class ReplogService(pb_grpc.ReplogServicer):
     async def ListOffsets(
         self, request: pb.ListOffsetsRequest, context: Any
     ) -> pb.ListOffsetsResponse:
-        replica = self.b.replica_for(request.topic, request.partition)
+        replica = await self._replica(request.topic, request.partition)
         replica.ensure_leader()
         s = replica.state
         return pb.ListOffsetsResponse(
@@ -264,7 +283,7 @@ class ReplogService(pb_grpc.ReplogServicer):
         forwarded = any(k == FORWARDED_KEY for k, _v in context.invocation_metadata() or ())
         try:
             if request.topic:
-                replica = self.b.replica_for(request.topic, request.partition)
+                replica = await self._replica(request.topic, request.partition)
                 node, group_id, what = replica.node, replica.group_id, replica.what
             else:
                 md = self.b.metadata
