@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import platform
 import resource
 import statistics
@@ -33,7 +32,7 @@ from client.config import ConsumerConfig, ProducerConfig
 from client.consumer import Consumer
 from client.producer import Producer
 from server.memtune import tune_gc, tune_malloc
-from tests.integration.harness import LocalCluster
+from tests.integration.harness import LocalCluster, cpu_seconds
 
 MAX_SECONDS = 120.0
 
@@ -70,14 +69,6 @@ class Bench:
     def producer_config(self) -> ProducerConfig:
         a = self.args
         return ProducerConfig(linger_ms=a.linger_ms, batch_bytes=a.batch_bytes, acks=a.acks)
-
-
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
 class CpuMeter:

@@ -33,7 +33,7 @@ from metadata.state import MetadataState, PartitionAssignment
 from partition.config import PartitionConfig
 from partition.state import PartitionState
 from raft.config import RaftConfig
-from raft.rawnode import RawNode
+from raft.rawnode import RawNode, Status
 from raft.storage import DurableLog
 from raft.types import ConfState, Role
 from server.config import ServerConfig
@@ -49,6 +49,15 @@ METADATA_GROUP_ID = MetadataState.METADATA_GROUP_ID
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def most_caught_up_voter(status: Status, self_id: int) -> int:
+    """The other voter with the highest match index (0 if there is none): the transfer
+    target that can take over soonest."""
+    others = [v for v in status.conf_state.voters if v != self_id]
+    if not others:
+        return 0
+    return max(others, key=lambda v: status.progress[v].match if v in status.progress else 0)
 
 
 def preferred_priorities(replicas: tuple[int, ...]) -> dict[int, int]:
@@ -71,7 +80,6 @@ class Broker:
         self._reconcile_scheduled = False
         self._opening: set[int] = set()
         self._layout_seen = -1
-        self._leader_reports: dict[int, int] = {}
         self.stopping = False
         self.server: grpc.aio.Server | None = None
 
@@ -320,6 +328,7 @@ class Broker:
             group_id=group_id,
             topic=topic,
             partition=partition,
+            replicas=replicas,
             node=node,
             log=log,
             state=state,
@@ -329,7 +338,6 @@ class Broker:
             on_leader_change=self._report_leader,
             logger=self.log,
         )
-        replica.replicas = replicas
         self.partitions[group_id] = replica
         self.by_name[(topic, partition)] = group_id
         self.runtime.add_group(Group(group_id, node, log, replica))
@@ -444,7 +452,6 @@ class Broker:
         task.add_done_callback(done)
 
     def _report_leader(self, group_id: int, leader: int, term: int) -> None:
-        self._leader_reports[group_id] = term
         self.spawn(
             self._propose_quietly(mcmd.UpdateLeader(group_id, leader, term)),
             f"report-leader-{group_id}",
@@ -585,7 +592,17 @@ class Broker:
         for group in self.runtime.groups.values():
             key = f"{group.node.raft.role.name}{'-quiesced' if group.quiesced else ''}"
             roles[key] = roles.get(key, 0) + 1
-        self.log.info("groups_summary", groups=len(self.runtime.groups), **roles)
+        rt, tr = self.runtime, self.transport
+        self.log.info(
+            "groups_summary",
+            groups=len(rt.groups),
+            turns=rt.turns,
+            fsync_passes=rt.fsync_passes,
+            loop_stalls=rt.loop_stalls,
+            peer_batches_sent=tr.sent_batches,
+            peer_messages_dropped=tr.dropped_messages,
+            **roles,
+        )
         for group in self.runtime.groups.values():
             st = group.node.status()
             self.log.info(
@@ -637,14 +654,11 @@ class Broker:
                 st = g.node.status()
                 if st.role != Role.LEADER:
                     continue
-                others = [v for v in st.conf_state.voters if v != self.node_id]
-                if not others:
+                best = most_caught_up_voter(st, self.node_id)
+                if not best:
                     continue
                 led.append(g)
                 if st.lead_transferee == 0:
-                    best = max(
-                        others, key=lambda v: st.progress[v].match if v in st.progress else 0
-                    )
                     g.node.transfer_leadership(best)
                     self.runtime.touch(g.group_id)
             if not led:

@@ -95,7 +95,6 @@ class MetadataReplica:
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
         self._ctx = itertools.count(1)
-        self.leader_changed = asyncio.Event()
         self.stopped: BaseException | None = None
         self.applied_since_snapshot = 0
 
@@ -112,8 +111,6 @@ class MetadataReplica:
 
     def on_soft_state(self, soft: SoftState, term: int) -> None:
         self.role, self.leader_id, self.term = soft.role, soft.leader_id, term
-        self.leader_changed.set()
-        self.leader_changed = asyncio.Event()
         self._log.info(
             "metadata_leader_changed", leader_id=soft.leader_id, term=term, role=soft.role.name
         )

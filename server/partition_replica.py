@@ -60,6 +60,7 @@ class PartitionReplica:
         group_id: int,
         topic: str,
         partition: int,
+        replicas: tuple[int, ...],
         node: RawNode,
         log: DurableLog,
         state: PartitionState,
@@ -80,7 +81,7 @@ class PartitionReplica:
         self._leader_address = leader_address
         self._on_leader_change = on_leader_change
         self._log = logger
-        self.replicas: tuple[int, ...] = ()
+        self.replicas = replicas  # first = preferred leader (updated by the broker)
         self.role = Role.FOLLOWER
         self.leader_id = 0
         self.term = 0
@@ -88,7 +89,6 @@ class PartitionReplica:
         self._leader_waiters: dict[int, tuple[int, int, asyncio.Future[ProduceResult]]] = {}
         self._data_event = asyncio.Event()
         self.stopped: BaseException | None = None
-        self._applied_since_check = 0
 
     @property
     def what(self) -> str:
@@ -163,7 +163,6 @@ class PartitionReplica:
                 fut.set_exception(
                     BrokerError("INTERNAL", f"proposal at index {entry.index} applied as {result}")
                 )
-        self._applied_since_check += len(entries)
         self._data_event.set()
         self._data_event = asyncio.Event()
 
@@ -275,11 +274,9 @@ class PartitionReplica:
     def _snapshot_at(self, index: int) -> Snapshot:
         """The partition state as of ``index``: the previous snapshot plus the entries up to it."""
         replay = self._make_state()
-        previous = self.log.snapshot()
-        if previous.is_empty():
-            conf = self.log.initial_state()[1]  # the bootstrap membership
-        else:
-            conf = previous.metadata.conf_state
+        previous = self.log.snapshot()  # index 0 = the bootstrap one: membership, no state
+        conf = previous.metadata.conf_state
+        if not previous.is_empty():
             replay.restore(previous.data, previous.metadata.index)
         lo = self.log.first_index()
         conf_entries: list[Entry] = []

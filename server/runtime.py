@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -57,7 +57,6 @@ class Group:
     __slots__ = (
         "failed",
         "group_id",
-        "last_persisted_index",
         "log",
         "node",
         "quiesced",
@@ -72,7 +71,6 @@ class Group:
         self.log = log
         self.replica = replica
         self.failed: BaseException | None = None
-        self.last_persisted_index = 0
         self.unsynced = False  # a Ready of this group waits for a sync job to complete
         self.quiesced = False  # idle: not ticked (see Runtime's quiescence notes)
         self.quiet_ticks = 0  # consecutive leader ticks with nothing to replicate
@@ -110,7 +108,6 @@ class Runtime:
         self._running = False
         self.turns = 0
         self.fsync_passes = 0
-        self.on_turn_end: list[Callable[[], None]] = []
         self.election_ticks = election_ticks
         self.peer_seen: dict[int, float] = {}  # node id -> loop time a batch last arrived
         self.quiesce = quiesce
@@ -336,8 +333,6 @@ class Runtime:
             job.add_done_callback(lambda f: loop.call_soon_threadsafe(self._on_synced, f, covered))
         if self._touched:
             self._wake.set()
-        for hook in self.on_turn_end:
-            hook()
 
     def _apply(self, group: Group, rd: Ready) -> None:
         """Applies what the core handed out as committed in this Ready, in the same turn (the
@@ -364,7 +359,6 @@ class Runtime:
             try:
                 group.node.on_persisted(number)
                 if last:
-                    group.last_persisted_index = last
                     group.replica.on_persisted(last)
             except (InvariantViolation, StorageCorruption) as exc:
                 self._fail(group, exc)

@@ -22,6 +22,7 @@ from metadata import commands as mcmd
 from metadata.errors import MetadataError
 from metadata.state import Topic
 from raft.types import Role
+from server.broker import most_caught_up_voter
 from server.codec import MalformedPeerMessage, message_from_proto
 from server.errors import BrokerError, abort_with, invalid_request, not_leader
 from server.transport import PROTOCOL_VERSION
@@ -300,10 +301,9 @@ class ReplogService(pb_grpc.ReplogServicer):
         target = request.to_node
         voters = sorted(st.conf_state.voters)
         if target == 0:
-            others = [v for v in voters if v != self.b.node_id]
-            if not others:
+            target = most_caught_up_voter(st, self.b.node_id)
+            if not target:
                 raise invalid_request(f"{what} has no other voter", "add replicas first")
-            target = max(others, key=lambda v: st.progress[v].match if v in st.progress else 0)
         if target not in voters:
             raise invalid_request(
                 f"node {target} is not a voter of {what} (voters: {voters})",

@@ -128,10 +128,6 @@ class PeerTransport:
                 )
             link.sent_since_keepalive = False
 
-    def is_connected(self, peer_id: int) -> bool:
-        link = self._links.get(peer_id)
-        return link is not None and link.connected
-
     # ------------------------------------------------------------------ links
     def _link(self, peer_id: int) -> _Link | None:
         link = self._links.get(peer_id)
