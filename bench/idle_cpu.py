@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client.wire import replog_pb2 as pb
 from tests.integration.harness import LocalCluster, cpu_seconds, wait_until
+from wire import replog_pb2 as pb
 
 
 async def main() -> int:

@@ -1,4 +1,4 @@
-"""The public Python client: Producer, Consumer, AdminClient, the RecordBatch codec and the wire schema."""
+"""The public Python client: Producer, Consumer, AdminClient (the codec and wire schema live in the leaf package `wire`)."""
 
 from client.admin import (
     AdminClient,

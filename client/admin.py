@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from client.config import AdminConfig
 from client.connection import Connection
 from client.errors import InvalidRequest, ReplogError
-from client.wire import replog_pb2 as pb
+from wire import replog_pb2 as pb
 
 __all__ = [
     "AdminClient",

@@ -41,8 +41,8 @@ from client.errors import (
     UnknownTopic,
     from_detail,
 )
-from client.wire import replog_pb2 as pb
-from client.wire import replog_pb2_grpc as pb_grpc
+from wire import replog_pb2 as pb
+from wire import replog_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",

@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from client import batch as codec
 from client.config import ConsumerConfig
 from client.connection import Connection, backoff_s
 from client.errors import (
@@ -42,7 +41,8 @@ from client.errors import (
     OffsetOutOfRange,
     ReplogError,
 )
-from client.wire import replog_pb2 as pb
+from wire import batch as codec
+from wire import replog_pb2 as pb
 
 __all__ = ["Consumer", "ConsumerRecord"]
 

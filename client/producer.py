@@ -51,7 +51,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from client.batch import RecordBatchBuilder
 from client.config import ProducerConfig
 from client.connection import Connection, backoff_s
 from client.errors import (
@@ -63,7 +62,8 @@ from client.errors import (
     UnknownPartition,
 )
 from client.partitioner import partition_for_key
-from client.wire import replog_pb2 as pb
+from wire import replog_pb2 as pb
+from wire.batch import RecordBatchBuilder
 
 __all__ = ["Producer", "RecordMetadata"]
 

@@ -1,6 +1,6 @@
 """The partition state machine: committed Raft entries are the record log (offsets, fetch, retention, idempotent producers).
 
-Pure and deterministic: imports only ``raft.types`` and ``client.batch`` of ours; no I/O, no
+Pure and deterministic: imports only ``raft.types`` and ``wire.batch`` of ours; no I/O, no
 asyncio, no clock. See partition/state.py for the model and the runtime's calling contract.
 """
 

@@ -10,7 +10,7 @@ stops this one partition replica and reports it, and never treats it as routine.
 
 from __future__ import annotations
 
-from client.batch import InvalidBatch, UnsupportedCompression
+from wire.batch import InvalidBatch, UnsupportedCompression
 
 __all__ = [
     "BatchTooLarge",

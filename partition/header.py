@@ -1,8 +1,8 @@
 """Classify a Raft entry of a partition group and read what the offset index needs.
 
-Contract: pure, no I/O, no CRC (the leader checked it with ``client.batch.validate`` before
+Contract: pure, no I/O, no CRC (the leader checked it with ``wire.batch.validate`` before
 proposing; every replica stores the leader's bytes). Reads only the 61-byte header, through
-``client.batch.read_header``.
+``wire.batch.read_header``.
 
 Every Raft entry occupies offsets (DESIGN.md "partition/"): a data entry (a NORMAL entry
 whose data is a record batch) occupies ``lastOffsetDelta + 1`` offsets starting at its
@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from client.batch import BatchHeader, InvalidBatch, read_header
 from partition.errors import PartitionInvariantError
 from raft.types import Entry, EntryType
+from wire.batch import BatchHeader, InvalidBatch, read_header
 
 __all__ = ["EntryKind", "EntryMeta", "describe_entry", "entry_header"]
 
@@ -61,7 +61,7 @@ def entry_header(entry: Entry) -> BatchHeader:
             f"entry {entry.index} (term {entry.term}) is not a record batch",
             "a RecordBatch v2 header",
             e.what,
-            "a batch was proposed without client.batch.validate, or the log is corrupt",
+            "a batch was proposed without wire.batch.validate, or the log is corrupt",
         ) from e
 
 
@@ -74,6 +74,6 @@ def describe_entry(entry: Entry) -> EntryMeta:
             f"entry {entry.index} has a negative lastOffsetDelta",
             ">= 0",
             h.last_offset_delta,
-            "a batch was proposed without client.batch.validate",
+            "a batch was proposed without wire.batch.validate",
         )
     return EntryMeta(EntryKind.DATA, h.last_offset_delta + 1, h.base_offset, h.max_timestamp)

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from client.batch import BatchHeader
 from partition.errors import OutOfOrderSequence, PartitionInvariantError, ProducerFenced
+from wire.batch import BatchHeader
 
 __all__ = ["BatchMetadata", "ProducerEntry", "ProducerTable", "increment_sequence"]
 

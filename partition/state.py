@@ -34,7 +34,6 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from client.batch import BatchHeader, validate, with_base_offset
 from partition.config import PartitionConfig
 from partition.errors import (
     BatchTooLarge,
@@ -48,6 +47,7 @@ from partition.offset_index import OffsetIndex
 from partition.producers import ProducerEntry, ProducerTable
 from partition.retention import retention_cut as _retention_cut
 from raft.types import Entry
+from wire.batch import BatchHeader, validate, with_base_offset
 
 __all__ = [
     "Appended",

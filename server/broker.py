@@ -26,8 +26,6 @@ from typing import Any
 
 import grpc
 
-from client.wire import replog_pb2 as pb
-from client.wire import replog_pb2_grpc as pb_grpc
 from metadata import commands as mcmd
 from metadata.state import MetadataState, PartitionAssignment
 from partition.config import PartitionConfig
@@ -43,6 +41,8 @@ from server.metadata_replica import MetadataReplica
 from server.partition_replica import PartitionReplica
 from server.runtime import Group, Runtime, new_rng
 from server.transport import PeerTransport
+from wire import replog_pb2 as pb
+from wire import replog_pb2_grpc as pb_grpc
 
 METADATA_GROUP_ID = MetadataState.METADATA_GROUP_ID
 

@@ -6,7 +6,6 @@ bytes object from the wire to the log), so the only per-entry cost is one small 
 
 from __future__ import annotations
 
-from client.wire import replog_pb2 as pb
 from raft.types import (
     ConfState,
     Entry,
@@ -16,6 +15,7 @@ from raft.types import (
     Snapshot,
     SnapshotMetadata,
 )
+from wire import replog_pb2 as pb
 
 _ENTRY_TYPES = {t.value: t for t in EntryType}
 _MESSAGE_TYPES = {t.value: t for t in MessageType}

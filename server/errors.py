@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from client.wire import replog_pb2 as pb
+from wire import replog_pb2 as pb
 
 ERROR_METADATA_KEY = "replog-error-bin"
 

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from client.wire import replog_pb2 as pb
-from client.wire import replog_pb2_grpc as pb_grpc
 from metadata import commands as mcmd
 from metadata.errors import MetadataError
 from metadata.state import Topic
@@ -26,6 +24,8 @@ from server.broker import most_caught_up_voter
 from server.codec import MalformedPeerMessage, message_from_proto
 from server.errors import BrokerError, abort_with, invalid_request, not_leader
 from server.transport import PROTOCOL_VERSION
+from wire import replog_pb2 as pb
+from wire import replog_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from server.broker import Broker

@@ -21,10 +21,10 @@ from typing import Any
 
 import grpc
 
-from client.wire import replog_pb2 as pb
-from client.wire import replog_pb2_grpc as pb_grpc
 from raft.types import Message
 from server.codec import message_to_proto
+from wire import replog_pb2 as pb
+from wire import replog_pb2_grpc as pb_grpc
 
 PROTOCOL_VERSION = 1
 

@@ -37,9 +37,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client.batch import read_header, with_base_offset
-from client.wire import replog_pb2 as pb
-from client.wire import replog_pb2_grpc as pb_grpc
+from wire import replog_pb2 as pb
+from wire import replog_pb2_grpc as pb_grpc
+from wire.batch import read_header, with_base_offset
 
 T = TypeVar("T")
 RECENT_BATCHES = 5  # the broker's per-producer deduplication window (Kafka's 5)
@@ -209,7 +209,7 @@ class FakeCluster:
 
     def records_in(self, topic: str, partition: int) -> list[tuple[int, bytes]]:
         """(offset, value) of every stored record (decoding each batch)."""
-        from client.batch import decode
+        from wire.batch import decode
 
         out = []
         for raw in self.partition(topic, partition).batches:

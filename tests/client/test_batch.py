@@ -1,4 +1,4 @@
-"""client.batch: the Kafka RecordBatch v2 codec against kafka-python's fixtures.
+"""wire.batch: the Kafka RecordBatch v2 codec against kafka-python's fixtures.
 
 Exact re-encoding: with compression none (and, as it happens, lz4 and zstd with these
 libraries' default frames) ``encode`` reproduces the fixture bytes exactly; gzip output
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.batch import (
+from wire.batch import (
     BATCH_OVERHEAD,
     InvalidBatch,
     Record,

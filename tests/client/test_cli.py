@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from client.batch import Record, encode
 from client.cli import main
 from tests.client.fake_broker import FakeBroker, unique
+from wire.batch import Record, encode
 
 
 @pytest.fixture(scope="module")

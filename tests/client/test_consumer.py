@@ -8,10 +8,10 @@ import crc32c
 import pytest
 
 from client import errors
-from client.batch import Record, encode
 from client.config import ConsumerConfig
 from client.consumer import Consumer, ConsumerRecord
 from tests.client.fake_broker import FakeBroker, arun, unique
+from wire.batch import Record, encode
 
 FAST = ConsumerConfig(retry_backoff_ms=1, retry_backoff_max_ms=20, max_wait_ms=100)
 

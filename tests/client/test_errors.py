@@ -13,8 +13,8 @@ from client import errors
 from client.admin import AdminClient
 from client.config import AdminConfig, ConsumerConfig, ProducerConfig
 from client.connection import parse_bootstrap, to_replog_error
-from client.wire import replog_pb2 as pb
 from tests.client.fake_broker import FakeBroker, arun
+from wire import replog_pb2 as pb
 
 # code -> (class, retriable, refresh_metadata): the table of the brief, spelled out once.
 EXPECTED = {

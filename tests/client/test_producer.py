@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client import errors
-from client.batch import decode
 from client.config import ProducerConfig
 from client.partitioner import partition_for_key
 from client.producer import Producer, RecordMetadata
 from tests.client.fake_broker import FakeBroker, arun, unique
+from wire.batch import decode
 
 FAST = ProducerConfig(retry_backoff_ms=1, retry_backoff_max_ms=20, linger_ms=1)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 
-from client.wire import replog_pb2 as pb
-from client.wire import replog_pb2_grpc as pb_grpc
+from wire import replog_pb2 as pb
+from wire import replog_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 

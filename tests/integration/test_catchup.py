@@ -11,8 +11,8 @@ from client.admin import AdminClient
 from client.config import ConsumerConfig, ProducerConfig
 from client.consumer import Consumer
 from client.producer import Producer
-from client.wire import replog_pb2 as pb
 from tests.integration.harness import LocalCluster, run, wait_until
+from wire import replog_pb2 as pb
 
 pytestmark = pytest.mark.xdist_group("integration")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from client import batch as codec
 from client.admin import AdminClient
-from client.wire import replog_pb2 as pb
 from server.errors import ERROR_METADATA_KEY
 from tests.integration.harness import LocalCluster, run
+from wire import batch as codec
+from wire import replog_pb2 as pb
 
 pytestmark = pytest.mark.xdist_group("integration")
 

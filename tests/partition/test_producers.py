@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.batch import read_header
 from partition import (
     Appended,
     Duplicate,
@@ -17,6 +16,7 @@ from partition import (
 )
 from partition.producers import ProducerTable, increment_sequence
 from tests.partition.test_support import FakeLog, fresh, make_batch, propose
+from wire.batch import read_header
 
 PID = 42
 

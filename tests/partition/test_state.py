@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.batch import decode, read_header, with_base_offset
 from partition import (
     Appended,
     BatchTooLarge,
@@ -26,6 +25,7 @@ from tests.partition.test_support import (
     propose,
     propose_control,
 )
+from wire.batch import decode, read_header, with_base_offset
 
 # An op: ("data", n_records) or ("noop",) or ("conf",)
 ops_strategy = st.lists(

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from client.batch import Record, encode
 from partition import PartitionConfig, PartitionState
 from raft.types import ConfChange, ConfChangeType, Entry, EntryType
+from wire.batch import Record, encode
 
 
 def make_batch(

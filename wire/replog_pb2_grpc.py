@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from client.wire import replog_pb2 as replog__pb2
+from wire import replog_pb2 as replog__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,1 +1,0 @@
-"""Generated protobuf / gRPC code for proto/replog.proto (regenerate with proto/generate.sh)."""
