@@ -9,7 +9,7 @@ validating a command and *before* touching any state, so a rejected command chan
 A broken invariant of the state machine itself (entries applied out of order, a snapshot that
 does not describe a consistent state) is not a MetadataError: it is a bug or a corrupted disk,
 and the runtime must stop the metadata replica rather than hand the error to a proposer. Those
-raise :class:`MetadataInvariantViolation`.
+raise :class:`MetadataInvariantViolation` (a ``raft.errors.InvariantViolation``).
 
 No I/O here; nothing in this module reads a clock.
 """
@@ -17,6 +17,8 @@ No I/O here; nothing in this module reads a clock.
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from raft.errors import InvariantViolation
 
 
 def _preview(names: Iterable[str], limit: int = 10) -> str:
@@ -167,17 +169,11 @@ class InvalidProducerIdCount(MetadataError):
         )
 
 
-class MetadataInvariantViolation(Exception):
+class MetadataInvariantViolation(InvariantViolation):
     """The metadata state machine was driven incorrectly (a bug, not a user error).
 
     Not a MetadataError: the runtime must not hand it to a proposer as a routine rejection.
+    A ``raft.errors.InvariantViolation`` (same fields), so the runtime's per-group isolation
+    stops the metadata replica alone instead of aborting the turn for every group (#12
+    defect 5).
     """
-
-    def __init__(self, what: str, expected: object, actual: object, likely_cause: str) -> None:
-        self.what = what
-        self.expected = expected
-        self.actual = actual
-        self.likely_cause = likely_cause
-        super().__init__(
-            f"{what}: expected {expected}, found {actual}; likely cause: {likely_cause}"
-        )

@@ -4,12 +4,14 @@ Expected outcomes a caller handles carry fields and subclass :class:`PartitionEr
 (``OffsetOutOfRange``, ``OutOfOrderSequence``, ``ProducerFenced``, ``BatchTooLarge``,
 ``ConfigError``); ``InvalidBatch`` is the codec's own error, re-exported so the server maps
 one type. A broken invariant (offsets that do not line up with the log) raises
-:class:`PartitionInvariantError`, which is deliberately *not* a PartitionError: the runtime
-stops this one partition replica and reports it, and never treats it as routine.
+:class:`PartitionInvariantError`, which is deliberately *not* a PartitionError but a
+``raft.errors.InvariantViolation``: the runtime's one per-group failure model catches it,
+stops this one partition replica and reports it, and never treats it as routine (#12 defect 5).
 """
 
 from __future__ import annotations
 
+from raft.errors import InvariantViolation
 from wire.batch import InvalidBatch, UnsupportedCompression
 
 __all__ = [
@@ -100,14 +102,8 @@ class BatchTooLarge(PartitionError):
         )
 
 
-class PartitionInvariantError(Exception):
-    """Offsets or indexes do not line up: a bug or a corrupted log. Stops this replica."""
+class PartitionInvariantError(InvariantViolation):
+    """Offsets or indexes do not line up: a bug or a corrupted log. Stops this replica.
 
-    def __init__(self, what: str, expected: object, actual: object, likely_cause: str) -> None:
-        self.what = what
-        self.expected = expected
-        self.actual = actual
-        self.likely_cause = likely_cause
-        super().__init__(
-            f"{what}: expected {expected}, found {actual}; likely cause: {likely_cause}"
-        )
+    An ``InvariantViolation`` (fields ``what``, ``expected``, ``actual``, ``likely_cause``), so
+    the runtime isolates it to this group like any other broken invariant."""

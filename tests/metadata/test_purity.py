@@ -1,5 +1,5 @@
 """metadata/ is pure: no I/O, no clock, no randomness, no asyncio/gRPC, nothing of ours but
-raft.types (DESIGN.md, "Imports point downward only")."""
+raft.types, raft.errors and partition.config (the shared topic-config rules) (DESIGN.md, "Imports point downward only")."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ ALLOWED = {
     "types",
     "typing",
     "raft.types",
+    "raft.errors",  # InvariantViolation: the one per-group failure model (#12 defect 5)
+    "partition.config",  # the one topic-config validation (#12 defect 13)
+    "partition.errors",
 }
 
 
