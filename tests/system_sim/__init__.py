@@ -1,0 +1,1 @@
+"""System simulation of the real broker and clients (issue 13)."""
