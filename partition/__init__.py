@@ -20,6 +20,7 @@ from partition.header import EntryKind
 from partition.producers import BatchMetadata, ProducerEntry
 from partition.retention import retention_cut
 from partition.state import (
+    AlreadyApplied,
     Appended,
     ApplyResult,
     Control,
@@ -30,6 +31,7 @@ from partition.state import (
 )
 
 __all__ = [
+    "AlreadyApplied",
     "Appended",
     "ApplyResult",
     "BatchMetadata",

@@ -109,23 +109,6 @@ class OffsetIndex:
         self._end_offset = base + span
         return base
 
-    def prepend_many(self, rows: list[tuple[int, int, int, EntryKind, int]]) -> int:
-        """``rows`` are (index, term, span, kind, max_ts) in *descending* index order, the
-        first being ``first_index - 1``. Returns the new start offset."""
-        start = self.start_offset
-        bases: list[int] = []
-        for expected, (index, _t, span, _k, _m) in enumerate(rows, 1):
-            assert index == self._first_index - expected, (index, self._first_index)
-            start -= span
-            bases.append(start)
-        rows_asc = rows[::-1]
-        self._bases[0:0] = bases[::-1]
-        self._terms[0:0] = [r[1] for r in rows_asc]
-        self._kinds[0:0] = bytes(int(r[3]) for r in rows_asc)
-        self._max_ts[0:0] = [r[4] for r in rows_asc]
-        self._first_index -= len(rows)
-        return start
-
     def truncate_from(self, index: int) -> None:
         """Drop entries >= ``index`` (a new leader overwrote the uncommitted tail)."""
         pos = index - self._first_index

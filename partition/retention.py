@@ -12,6 +12,12 @@ state). Segments are dropped as a prefix, oldest first, as Kafka does
 * size: while the whole log minus the segment still exceeds ``retention_bytes``, drop it.
 
 The result is the union of both prefixes: the last index of the newest droppable segment.
+
+Segments wholly at or below ``snapshot_index`` are dropped first whatever their age or size:
+the snapshot covers them, and they exist only because a crash interrupted the previous pass
+between saving its snapshot and deleting them (#12 defect 16). The cut is never below
+``snapshot_index``: the caller saves a snapshot at the cut, and an older one than the stored
+snapshot would not describe the state it restores to.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ def retention_cut(
     segments: Sequence[tuple[int, int, int]],
     *,
     applied_index: int,
+    snapshot_index: int = 0,
     now_ms: int,
     retention_ms: int,
     retention_bytes: int,
@@ -39,21 +46,26 @@ def retention_cut(
         eligible.append(seg)
     if not eligible:
         return None
-    by_time = 0
+    stale = 0
+    while stale < len(eligible) and eligible[stale][1] <= snapshot_index:
+        stale += 1
+    by_time = stale
     if retention_ms >= 0:
         horizon = now_ms - retention_ms
-        for first, last, _size in eligible:
+        for first, last, _size in eligible[stale:]:
             ts = max_timestamp_ms(first, last)
             if ts is None or ts >= horizon:
                 break
             by_time += 1
-    by_size = 0
+    by_size = stale
     if retention_bytes >= 0:
-        excess = sum(s[2] for s in segments) - retention_bytes
-        for _first, _last, size in eligible:
+        excess = sum(s[2] for s in segments[stale:]) - retention_bytes
+        for _first, _last, size in eligible[stale:]:
             if excess - size < 0:
                 break
             excess -= size
             by_size += 1
     n = max(by_time, by_size)
-    return eligible[n - 1][1] if n else None
+    if not n or eligible[n - 1][1] < snapshot_index:
+        return None
+    return eligible[n - 1][1]

@@ -23,8 +23,16 @@ Runtime loop: ``stamp`` then propose then ``on_log_append([entry])`` on the lead
 next ``stamp``); ``on_log_append(ready.entries)`` for every Ready (re-reporting is harmless;
 an entry with a new term at an existing index truncates the tail from there); ``apply`` each
 committed entry once, in order. At start: ``restore(snapshot)`` then ``on_log_append`` with the
-stored log — entries at or below the snapshot index are *backfilled* (offsets derived
-backwards from the snapshot's end offset) so retained batches stay fetchable.
+stored log.
+
+Snapshots and restarts (#12 defect 16): a snapshot at index S describes the state after S *and*
+a log that starts at S + 1 (retention drops whole segments up to S right after saving it), so
+the log start offset after ``restore`` is the end offset of S. A crash between saving the
+snapshot and deleting the segments leaves entries at or below S on disk: ``on_log_append``
+ignores them, ``apply`` skips them idempotently (``AlreadyApplied``: committed entries never
+change, and their effect is in the snapshot), and ``retention_cut`` drops those stale segments
+first, so the interrupted pass completes. The snapshot therefore carries no skipped-entry list
+(everything it covers lies below the log start).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from raft.types import Entry
 from wire.batch import BatchHeader, validate, with_base_offset
 
 __all__ = [
+    "AlreadyApplied",
     "Appended",
     "ApplyResult",
     "Control",
@@ -64,6 +73,7 @@ ReadEntries = Callable[[int, int, int], Sequence[Entry]]
 _SNAP_HEAD = struct.Struct(">4sBqqqI")
 _SNAP_MAGIC = b"RPPS"
 _SNAP_VERSION = 1
+_SNAP_READS = (1,)
 _Q = struct.Struct(">q")
 _DATA = int(EntryKind.DATA)
 
@@ -92,7 +102,15 @@ class Control:
     offset: int
 
 
-ApplyResult = Appended | Duplicate | Rejected | Control
+@dataclass(frozen=True, slots=True)
+class AlreadyApplied:
+    """A committed entry at or below the restored snapshot's index, handed out again after a
+    restart (its effect is in the snapshot): skipped, nothing changes."""
+
+    index: int
+
+
+ApplyResult = Appended | Duplicate | Rejected | Control | AlreadyApplied
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +130,7 @@ class PartitionState:
         self._hw = 0
         self._log_start_floor = 0
         self._skipped: list[int] = []  # applied indexes that are DUPLICATE / REJECTED, sorted
-        self._backfill_open = False
+        self._snapshot_index = 0  # entries <= this are covered by a snapshot (or compacted)
 
     # --- read-only facts -----------------------------------------------------------------
 
@@ -167,14 +185,10 @@ class PartitionState:
         if not entries:
             return
         index = self._index
-        first = entries[0].index
-        if first < index.first_index:
-            below = [e for e in entries if e.index < index.first_index]
-            if self._backfill_open and below[-1].index == index.first_index - 1:
-                self._backfill(below)
-            # else: already compacted (or already known) committed entries: nothing to do
+        if entries[0].index < index.first_index:
+            # at or below the snapshot (a crash left them on disk) or already compacted:
+            # covered by the snapshot, never served again
             entries = [e for e in entries if e.index >= index.first_index]
-        self._backfill_open = False
         for e in entries:
             pos = e.index - index.first_index
             if pos < len(index):
@@ -207,30 +221,14 @@ class PartitionState:
                 )
             index.append(e.index, e.term, meta.span, meta.kind, meta.max_timestamp_ms)
 
-    def _backfill(self, below: Sequence[Entry]) -> None:
-        """Prepend stored entries at or below the restored snapshot's index, deriving their
-        offsets backwards from the snapshot's end offset."""
-        skipped = set(self._skipped)
-        rows: list[tuple[int, int, int, EntryKind, int]] = []
-        start = self._index.start_offset
-        for e in reversed(below):
-            meta = describe_entry(e)
-            start -= meta.span
-            if start < 0 or (meta.kind == EntryKind.DATA and meta.stamped_base_offset != start):
-                raise PartitionInvariantError(
-                    f"backfilled entry {e.index} base offset",
-                    start,
-                    meta.stamped_base_offset,
-                    "the stored log does not end where the snapshot says it does",
-                )
-            kind = EntryKind.DUPLICATE if e.index in skipped else meta.kind
-            rows.append((e.index, e.term, meta.span, kind, meta.max_timestamp_ms))
-        self._index.prepend_many(rows)
-
     # --- apply -----------------------------------------------------------------------------
 
     def apply(self, entry: Entry) -> ApplyResult:
-        """Apply one committed entry; entries come in index order, exactly once each."""
+        """Apply one committed entry; entries come in index order, exactly once each. An
+        entry at or below the restored snapshot's index (the core may hand those out again
+        after a restart) is skipped: ``AlreadyApplied``."""
+        if entry.index <= self._snapshot_index:
+            return AlreadyApplied(entry.index)
         if entry.index != self._applied + 1:
             raise PartitionInvariantError(
                 "apply order",
@@ -322,21 +320,11 @@ class PartitionState:
     # --- snapshot / compaction / retention ---------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The state at ``applied_index``: end offset, log start, skipped entries still in
-        the log, producer table. The offset index itself is rebuilt from the log."""
-        parts = [
-            _SNAP_HEAD.pack(
-                _SNAP_MAGIC,
-                _SNAP_VERSION,
-                self._applied,
-                self._hw,
-                self.log_start_offset,
-                len(self._skipped),
-            )
-        ]
-        parts.extend(_Q.pack(i) for i in self._skipped)
-        parts.append(self._producers.encode())
-        return b"".join(parts)
+        """The state at ``applied_index`` for a log that will start at ``applied_index + 1``:
+        end offset (= log start), producer table. The offset index is rebuilt from the log;
+        skipped entries all lie below the snapshot, so none are listed (#12 defect 17)."""
+        head = _SNAP_HEAD.pack(_SNAP_MAGIC, _SNAP_VERSION, self._applied, self._hw, self._hw, 0)
+        return head + self._producers.encode()
 
     def restore(self, data: bytes, snapshot_index: int) -> None:
         """Replace the state with ``data`` taken at ``snapshot_index``; the tail starts
@@ -352,7 +340,7 @@ class PartitionState:
                 str(e),
                 "the snapshot is damaged or not a partition snapshot",
             ) from e
-        if magic != _SNAP_MAGIC or version != _SNAP_VERSION or applied != snapshot_index:
+        if magic != _SNAP_MAGIC or version not in _SNAP_READS or applied != snapshot_index:
             raise PartitionInvariantError(
                 "partition snapshot identity",
                 (_SNAP_MAGIC, _SNAP_VERSION, snapshot_index),
@@ -365,13 +353,14 @@ class PartitionState:
             raise PartitionInvariantError(
                 "partition snapshot length", end, len(data), "the snapshot is damaged"
             )
+        del log_start, skipped  # older writers listed them; both lie below the log start
         self._producers = producers
         self._index = OffsetIndex(first_index=snapshot_index + 1, start_offset=hw)
         self._applied = snapshot_index
+        self._snapshot_index = snapshot_index
         self._hw = hw
-        self._log_start_floor = log_start
-        self._skipped = skipped
-        self._backfill_open = True
+        self._log_start_floor = hw
+        self._skipped = []
 
     def on_compacted(self, first_kept_index: int) -> None:
         """The Raft log now starts at ``first_kept_index``; offsets before it are gone."""
@@ -382,19 +371,26 @@ class PartitionState:
                 first_kept_index,
                 "the log was compacted past unapplied entries",
             )
-        self._backfill_open = False
+        self._snapshot_index = max(self._snapshot_index, first_kept_index - 1)
         self._index.compact_to(first_kept_index)
         del self._skipped[: bisect_left(self._skipped, first_kept_index)]
         self._log_start_floor = max(self._log_start_floor, self._index.start_offset)
 
     def retention_cut(self, segments: Sequence[tuple[int, int, int]], now_ms: int) -> int | None:
         """The last index of the newest segment retention may drop, or None (see
-        partition/retention.py)."""
+        partition/retention.py). Segments wholly at or below the snapshot (left by a crash
+        between saving a snapshot and deleting them) always go first; a cut is never below
+        the snapshot index (the server saves a snapshot at the cut)."""
         return _retention_cut(
             segments,
             applied_index=self._applied,
+            snapshot_index=self._snapshot_index,
             now_ms=now_ms,
             retention_ms=self.config.retention_ms,
             retention_bytes=self.config.retention_bytes,
-            max_timestamp_ms=self._index.max_timestamp,
+            max_timestamp_ms=self._max_timestamp,
         )
+
+    def _max_timestamp(self, lo: int, hi: int) -> int | None:
+        # the part of a segment at or below the snapshot is gone already: ignore it
+        return self._index.max_timestamp(max(lo, self._snapshot_index + 1), hi)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from partition import PartitionState, retention_cut
+from partition import AlreadyApplied, PartitionState, retention_cut
 from tests.partition.test_support import FakeLog, fresh, make_batch, propose, propose_control
 
 HOUR = 3_600_000
@@ -65,8 +65,12 @@ def test_unknown_timestamps_stop_time_retention() -> None:
     st_ = fresh(retention_ms=HOUR)
     log_with_timestamps(st_, [0, 0, 0])
     st_.on_compacted(3)
-    assert st_.retention_cut([(1, 2, 10), (3, 4, 10), (5, 5, 10)], 10 * HOUR) is None
+    # (1, 2) lies below the compaction point: stale, it goes whatever its age
+    assert st_.retention_cut([(1, 2, 10), (3, 4, 10), (5, 5, 10)], 0) == 2
+    assert st_.retention_cut([(1, 2, 10), (3, 4, 10), (5, 5, 10)], 10 * HOUR) == 4
     assert st_.retention_cut([(3, 4, 10), (5, 5, 10)], 10 * HOUR) == 4
+    # a segment reaching past what the offset index knows has unknown timestamps
+    assert st_.retention_cut([(3, 9, 10), (10, 10, 10)], 10 * HOUR) is None
 
 
 @given(
@@ -102,3 +106,71 @@ def test_against_naive_definition(
 
     best = max((k for k in range(len(segments)) if droppable_prefix(k)), default=0)
     assert got == (segments[best - 1][1] if best else None)
+
+
+def snapshot_at(log: FakeLog, previous: tuple[bytes, int] | None, index: int) -> bytes:
+    """What the server's retention does (server/partition_replica.py ``_snapshot_at``): the
+    previous snapshot plus the stored entries up to ``index``, replayed in small chunks."""
+    replay = fresh()
+    if previous is not None:
+        replay.restore(*previous)
+    lo = log.first
+    while lo <= index:
+        chunk = log.read(lo, index + 1, 150)
+        replay.on_log_append(chunk)
+        for e in chunk:
+            replay.apply(e)
+        lo = chunk[-1].index + 1
+    return replay.snapshot()
+
+
+def test_crash_between_snapshot_and_segment_deletion_does_not_stop_retention() -> None:
+    """guards #12 defect 16: after a crash between saving the retention snapshot and deleting
+    the segments, every later pass failed with "apply order" and the log grew for ever."""
+    leader, log = fresh(retention_ms=HOUR), FakeLog()
+    propose_control(leader, log, 1)
+    for i in range(8):  # indexes 2..9, an idempotent producer and a plain one
+        batch = make_batch(2, pid=7, epoch=0, seq=i - 1, ts=i) if i % 2 else make_batch(1, ts=i)
+        propose(leader, log, 1, batch)
+    for e in log.entries:
+        leader.apply(e)
+    segments = [(1, 3, 10), (4, 6, 10), (7, 9, 10)]
+    cut = leader.retention_cut(segments, 10 * HOUR)
+    assert cut == 6
+    snap = (snapshot_at(log, None, cut), cut)
+    # --- crash: the snapshot is saved, the segments (1..6) are not deleted ---
+
+    restarted = fresh(retention_ms=HOUR)
+    restarted.restore(*snap)
+    lo = log.first
+    while lo <= log.last_index:  # the stored log, in small chunks
+        chunk = log.read(lo, log.last_index + 1, 150)
+        restarted.on_log_append(chunk)
+        lo = chunk[-1].index + 1
+    # the core may hand out every committed entry again: those in the snapshot are skipped
+    results = [restarted.apply(e) for e in log.entries]
+    assert results[:cut] == [AlreadyApplied(i) for i in range(1, cut + 1)]
+    assert restarted.applied_index == leader.applied_index
+    assert restarted.high_watermark == leader.high_watermark
+    assert dict(restarted.producer_table()) == dict(leader.producer_table())
+    start = restarted.log_start_offset
+    assert restarted.fetch(start, 1 << 20, log.read).batches == [e.data for e in log.entries[cut:]]
+
+    # more records arrive, then retention runs again: it completes the interrupted pass
+    for i in range(3):
+        propose(restarted, log, 1, make_batch(1, pid=7, epoch=0, seq=8 + i, ts=20 * HOUR))
+        restarted.apply(log.entries[-1])
+    segments = [(1, 3, 10), (4, 6, 10), (7, 9, 10), (10, 12, 10)]
+    assert restarted.retention_cut(segments, 0) == 6  # stale segments go whatever their age
+    cut2 = restarted.retention_cut(segments, 10 * HOUR)
+    assert cut2 == 9
+    snap2 = (snapshot_at(log, snap, cut2), cut2)
+    log.compact(cut2 + 1)
+    restarted.on_compacted(cut2 + 1)
+    again = fresh(retention_ms=HOUR)
+    again.restore(*snap2)
+    again.on_log_append(log.entries)
+    for e in log.entries:
+        again.apply(e)
+    assert again.snapshot() == restarted.snapshot()
+    assert again.log_start_offset == restarted.log_start_offset
