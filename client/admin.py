@@ -16,14 +16,14 @@ Never imports server/, metadata/, partition/ or raft/.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
 from client.config import AdminConfig
-from client.connection import Connection
+from client.connection import Connection, StubFactory, now_s
 from client.errors import InvalidRequest, ReplogError
 from wire import replog_pb2 as pb
 
@@ -102,14 +102,25 @@ class AdminClient:
     """``async with AdminClient("127.0.0.1:9400") as admin: await admin.list_topics()``."""
 
     def __init__(
-        self, bootstrap: str | Sequence[str] | None, config: AdminConfig | None = None
+        self,
+        bootstrap: str | Sequence[str] | None,
+        config: AdminConfig | None = None,
+        *,
+        stub_factory: StubFactory | None = None,
+        wall_clock_ms: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        """``stub_factory``/``wall_clock_ms``/``rng``: the network, clock and randomness seams
+        (see ``Connection``); the defaults are grpc.aio, the system clock, an unseeded RNG."""
         self.config = config or AdminConfig()
         self._conn = Connection(
             bootstrap,
             request_timeout_s=self.config.request_timeout_ms / 1000.0,
             retry_backoff_ms=self.config.retry_backoff_ms,
             retry_backoff_max_ms=self.config.retry_backoff_max_ms,
+            stub_factory=stub_factory,
+            wall_clock_ms=wall_clock_ms,
+            rng=rng,
         )
 
     async def __aenter__(self) -> AdminClient:
@@ -127,7 +138,7 @@ class AdminClient:
         await self._conn.close()
 
     def _deadline(self) -> float:
-        return time.monotonic() + self.config.operation_timeout_ms / 1000.0
+        return now_s() + self.config.operation_timeout_ms / 1000.0
 
     async def _any(self, method: str, request: Any) -> Any:
         async def once() -> Any:
@@ -212,7 +223,7 @@ class AdminClient:
         retried up to ``timeout_s`` (default: operation_timeout_ms)."""
         deadline = self._deadline()
         if timeout_s is not None:
-            deadline = min(deadline, time.monotonic() + timeout_s)
+            deadline = min(deadline, now_s() + timeout_s)
 
         async def ask() -> pb.ListOffsetsResponse:
             address = await self._conn.leader_address(topic, partition, deadline=deadline)

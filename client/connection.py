@@ -9,6 +9,13 @@ Contract:
   the typed error for its code; a status without it becomes ``BrokerUnavailable`` (UNAVAILABLE,
   CANCELLED, ...) or ``RequestTimedOut`` (DEADLINE_EXCEEDED). ``call``/``stream`` are the only
   callers, so nothing above this module ever sees a gRPC exception.
+- The network and the clocks are seams, so the real client logic also runs on a virtual-time
+  event loop over a simulated network (``tests/system_sim``): ``stub_factory(address)`` returns
+  an object with ``ReplogStub``'s methods (default: a grpc.aio channel's stub; with a factory
+  no channel is ever created), and it must fail as grpc does, with ``grpc.aio.AioRpcError``,
+  so ``to_replog_error`` stays the one conversion point. Deadlines are read from the running
+  loop's ``loop.time()`` (``now_s()``), never from ``time.monotonic()``; wall-clock
+  timestamps come from ``wall_clock_ms()`` and randomness from ``rng``, both injectable.
 - Calls without an address go to "any broker": the last one that answered, else the next in
   bootstrap + known brokers (the broker forwards admin calls to the metadata leader).
 - Retry policy lives in ``retry_call``: retriable errors are retried with exponential back-off
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -48,7 +56,9 @@ __all__ = [
     "DEFAULT_BOOTSTRAP",
     "ERROR_METADATA_KEY",
     "Connection",
+    "StubFactory",
     "backoff_s",
+    "now_s",
     "parse_bootstrap",
     "to_replog_error",
 ]
@@ -65,6 +75,21 @@ _CHANNEL_OPTIONS = [
 ]
 
 T = TypeVar("T")
+
+StubFactory = Callable[[str], Any]
+"""``address -> stub``: an object with ``ReplogStub``'s methods. Unary ones are awaited as
+``await stub.Method(request, timeout=seconds)``; ``stub.Fetch(request)`` returns an object that
+supports ``async for`` and ``.cancel()``. Failures raise ``grpc.aio.AioRpcError``."""
+
+
+def now_s() -> float:
+    """The running event loop's monotonic clock: deadlines use this, so that a virtual-time
+    loop (the system simulation) drives them. In production it is ``time.monotonic()``."""
+    return asyncio.get_running_loop().time()
+
+
+def default_wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def parse_bootstrap(bootstrap: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -144,13 +169,23 @@ class Connection:
         request_timeout_s: float = 30.0,
         retry_backoff_ms: float = 50.0,
         retry_backoff_max_ms: float = 1000.0,
+        stub_factory: StubFactory | None = None,
+        wall_clock_ms: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.bootstrap = parse_bootstrap(bootstrap)
+        self._stub_factory = stub_factory
+        # Timestamps of produced records (ms since the epoch).
+        self.wall_clock_ms: Callable[[], int] = wall_clock_ms or default_wall_clock_ms
+        # The one source of randomness of a client object, so a seed replays exactly. Today the
+        # client draws nothing from it (back-off has no jitter, keyless records go round robin,
+        # there are no client ids); anything random added later must draw from here.
+        self.rng: random.Random = rng if rng is not None else random.Random()
         self.request_timeout_s = request_timeout_s
         self.retry_backoff_ms = retry_backoff_ms
         self.retry_backoff_max_ms = retry_backoff_max_ms
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, pb_grpc.ReplogStub] = {}
+        self._stubs: dict[str, Any] = {}
         self._any_index = 0
         self._closed = False
         # metadata cache
@@ -163,14 +198,18 @@ class Connection:
 
     # ------------------------------------------------------------------ channels
 
-    def stub(self, address: str) -> pb_grpc.ReplogStub:
+    def stub(self, address: str) -> Any:
+        """The stub for ``address`` (``ReplogStub`` or what ``stub_factory`` returns), cached."""
         if self._closed:
             raise ClientClosed("the client is closed")
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-            self._channels[address] = channel
-            stub = pb_grpc.ReplogStub(channel)  # type: ignore[no-untyped-call]
+            if self._stub_factory is not None:
+                stub = self._stub_factory(address)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                self._channels[address] = channel
+                stub = pb_grpc.ReplogStub(channel)  # type: ignore[no-untyped-call]
             self._stubs[address] = stub
         return stub
 
@@ -241,18 +280,18 @@ class Connection:
         key: tuple[str, int] | None = None,
     ) -> T:
         """Run ``operation`` until it succeeds, raises a non-retriable error, or ``deadline``
-        (``time.monotonic()`` seconds) passes; then the last error is raised."""
+        (``now_s()`` seconds, the loop's clock) passes; then the last error is raised."""
         attempt = 0
         while True:
             try:
                 return await operation()
             except ReplogError as error:
-                if not error.retriable or time.monotonic() >= deadline:
+                if not error.retriable or now_s() >= deadline:
                     raise
                 await self.on_retriable_error(error, topics, key)
             pause = backoff_s(attempt, self.retry_backoff_ms, self.retry_backoff_max_ms)
             attempt += 1
-            await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            await asyncio.sleep(max(0.0, min(pause, deadline - now_s())))
 
     async def on_retriable_error(
         self, error: ReplogError, topics: Sequence[str] = (), key: tuple[str, int] | None = None

@@ -26,14 +26,14 @@ Never imports server/, metadata/, partition/ or raft/.
 from __future__ import annotations
 
 import asyncio
-import time
+import random
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 from client.config import ConsumerConfig
-from client.connection import Connection, backoff_s
+from client.connection import Connection, StubFactory, backoff_s, now_s
 from client.errors import (
     ClientClosed,
     InvalidBatch,
@@ -96,8 +96,16 @@ class Consumer:
     """Reads assigned partitions. Use ``async with Consumer(...) as c`` or call ``close()``."""
 
     def __init__(
-        self, bootstrap: str | Sequence[str] | None, config: ConsumerConfig | None = None
+        self,
+        bootstrap: str | Sequence[str] | None,
+        config: ConsumerConfig | None = None,
+        *,
+        stub_factory: StubFactory | None = None,
+        wall_clock_ms: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        """``stub_factory``/``wall_clock_ms``/``rng``: the network, clock and randomness seams
+        (see ``Connection``); the defaults are grpc.aio, the system clock, an unseeded RNG."""
         self.config = config or ConsumerConfig()
         cfg = self.config
         self._conn = Connection(
@@ -105,6 +113,9 @@ class Consumer:
             request_timeout_s=cfg.request_timeout_ms / 1000.0,
             retry_backoff_ms=cfg.retry_backoff_ms,
             retry_backoff_max_ms=cfg.retry_backoff_max_ms,
+            stub_factory=stub_factory,
+            wall_clock_ms=wall_clock_ms,
+            rng=rng,
         )
         self._assigned: dict[TopicPartition, _Assignment] = {}
         self._queue: asyncio.Queue[_Item] | None = None
@@ -141,7 +152,7 @@ class Consumer:
 
     async def partitions_for(self, topic: str) -> int:
         """How many partitions ``topic`` has (from metadata; raises UnknownTopic)."""
-        deadline = time.monotonic() + self.config.request_timeout_ms / 1000.0
+        deadline = now_s() + self.config.request_timeout_ms / 1000.0
         return await self._conn.partition_count(topic, deadline=deadline)
 
     def position(self, topic: str, partition: int) -> int | None:
@@ -294,7 +305,7 @@ class Consumer:
                         a.position = offset
                         a.reset = None
                 address = await self._conn.leader_address(
-                    topic, partition, deadline=time.monotonic() + _FOREVER_S
+                    topic, partition, deadline=now_s() + _FOREVER_S
                 )
                 request = pb.FetchRequest(
                     topic=topic,
@@ -335,7 +346,7 @@ class Consumer:
             )
 
         async def ask() -> pb.ListOffsetsResponse:
-            deadline = time.monotonic() + _FOREVER_S
+            deadline = now_s() + _FOREVER_S
             address = await self._conn.leader_address(topic, partition, deadline=deadline)
             response: pb.ListOffsetsResponse = await self._conn.call(
                 "ListOffsets",
@@ -345,7 +356,7 @@ class Consumer:
             return response
 
         response = await self._conn.retry_call(
-            ask, deadline=time.monotonic() + _FOREVER_S, topics=[topic], key=(topic, partition)
+            ask, deadline=now_s() + _FOREVER_S, topics=[topic], key=(topic, partition)
         )
         return response.log_start_offset if policy == "earliest" else response.high_watermark
 

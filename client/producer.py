@@ -45,14 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
+import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 from client.config import ProducerConfig
-from client.connection import Connection, backoff_s
+from client.connection import Connection, StubFactory, backoff_s, now_s
 from client.errors import (
     ClientClosed,
     InvalidRequest,
@@ -177,8 +177,17 @@ class Producer:
     """Asynchronous, batching, idempotent producer. Use ``async with Producer(...) as p``."""
 
     def __init__(
-        self, bootstrap: str | Sequence[str] | None, config: ProducerConfig | None = None
+        self,
+        bootstrap: str | Sequence[str] | None,
+        config: ProducerConfig | None = None,
+        *,
+        stub_factory: StubFactory | None = None,
+        wall_clock_ms: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        """``stub_factory``/``wall_clock_ms``/``rng``: the network, clock and randomness seams
+        (see ``Connection``); the defaults are grpc.aio, the system clock (record timestamps
+        when ``send`` is given none), an unseeded RNG."""
         self.config = config or ProducerConfig()
         cfg = self.config
         self._conn = Connection(
@@ -186,6 +195,9 @@ class Producer:
             request_timeout_s=cfg.request_timeout_ms / 1000.0,
             retry_backoff_ms=cfg.retry_backoff_ms,
             retry_backoff_max_ms=cfg.retry_backoff_max_ms,
+            stub_factory=stub_factory,
+            wall_clock_ms=wall_clock_ms,
+            rng=rng,
         )
         self._acks = pb.ACKS_ALL if cfg.acks == "all" else pb.ACKS_LEADER
         self._linger_s = cfg.linger_ms / 1000.0
@@ -276,7 +288,7 @@ class Producer:
                 return await self.send(topic, value, key, partition, headers, timestamp_ms)
             batch = self._open_batch(state, loop)
         if timestamp_ms is None:
-            timestamp_ms = int(time.time() * 1000)
+            timestamp_ms = self._conn.wall_clock_ms()
         batch.builder.append(key, value, timestamp_ms, headers)
         batch.size_bytes += size
         self._buffered_bytes += size
@@ -342,7 +354,7 @@ class Producer:
     # ------------------------------------------------------------------ accumulator
 
     async def _partition_count(self, topic: str) -> int:
-        deadline = time.monotonic() + self.config.metadata_timeout_ms / 1000.0
+        deadline = now_s() + self.config.metadata_timeout_ms / 1000.0
         count = await self._conn.partition_count(topic, deadline=deadline)
         if count <= 0:
             raise InvalidRequest(f"topic {topic!r} has no partitions")
@@ -464,7 +476,7 @@ class Producer:
         if remaining_s <= 0:
             self._fail(batch, _timed_out(topic, partition, 0))
             return
-        deadline = time.monotonic() + remaining_s
+        deadline = now_s() + remaining_s
         try:
             sealed = await self._seal(state, batch, deadline)
         except ReplogError as error:  # no producer id before the deadline: nothing was sealed
@@ -561,7 +573,7 @@ class Producer:
         deadline_loop = batch.created_s + self._delivery_s
         while True:
             remaining_s = deadline_loop - loop.time()
-            deadline = time.monotonic() + max(0.0, remaining_s)
+            deadline = now_s() + max(0.0, remaining_s)
             try:
                 if remaining_s <= 0:
                     raise _DeliveryTimeout()

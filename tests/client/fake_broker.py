@@ -166,6 +166,7 @@ class FakeCluster:
         self.next_producer_id = 1000
         self.calls: list[tuple[int, str]] = []  # (node, method) of every call
         self.produce_outcomes: list[tuple[int, int, int, str]] = []  # (node, pid, seq, outcome)
+        self.produce_requests: list[tuple[str, int, bytes]] = []  # every batch a leader received
         self.metadata_term = 3
         self.barriers: dict[str, Barrier] = {}
         self.active_produce: dict[tuple[str, int], int] = {}
@@ -226,6 +227,72 @@ class FakeCluster:
         p.next_offset = base + header.last_offset_delta + 1
         p.notify()
         return base, p.next_offset - 1
+
+    def decide_produce(
+        self, topic: str, partition: int, batch: bytes, *, node_id: int = 0
+    ) -> tuple[pb.ProduceResponse, str]:
+        """The broker's idempotence decision for one batch (partition/producers.py's rules):
+        unknown producer or a higher epoch starts a session at base sequence 0; a lower epoch
+        is PRODUCER_FENCED; in the same epoch a recent batch is a duplicate (original offsets)
+        and anything but the next sequence is OUT_OF_ORDER_SEQUENCE. Raises Abort; returns
+        (response, "appended" | "duplicate"). Also the entry point for a delayed copy of an
+        old request (``deliver_late``), which never went through a node."""
+        p = self.partition(topic, partition)
+        header = read_header(batch)
+        pid, epoch, seq = header.producer_id, header.producer_epoch, header.base_sequence
+        state = p.producers.get(pid) if pid >= 0 else None
+        if pid >= 0:
+            if state is not None and epoch < state.epoch:
+                self.produce_outcomes.append((node_id, pid, seq, "fenced"))
+                raise Abort(
+                    "PRODUCER_FENCED",
+                    f"producer {pid} epoch {epoch} is fenced by epoch {state.epoch}",
+                    fields={"epoch": str(epoch), "current_epoch": str(state.epoch)},
+                )
+            if state is None or epoch > state.epoch:
+                expected = 0
+                recent: list[tuple[int, int, int]] = []
+            else:
+                recent = state.recent
+                expected = state.last_sequence + state.last_count
+            for recent_seq, recent_base, recent_last in recent:
+                if seq == recent_seq:
+                    self.produce_outcomes.append((node_id, pid, seq, "duplicate"))
+                    response = pb.ProduceResponse(
+                        base_offset=recent_base,
+                        last_offset=recent_last,
+                        log_start_offset=p.log_start_offset,
+                        duplicate=True,
+                    )
+                    return response, "duplicate"
+            if seq != expected:
+                self.produce_outcomes.append((node_id, pid, seq, "out_of_order"))
+                raise Abort(
+                    "OUT_OF_ORDER_SEQUENCE",
+                    f"expected sequence {expected}, got {seq}",
+                    fields={"expected": str(expected), "got": str(seq)},
+                )
+        base, last = self.append_raw(topic, partition, batch)
+        if pid >= 0:
+            recent = [*recent, (seq, base, last)]
+            p.producers[pid] = ProducerState(
+                epoch, seq, header.record_count, base, last, recent[-RECENT_BATCHES:]
+            )
+        self.produce_outcomes.append((node_id, pid, seq, "appended"))
+        response = pb.ProduceResponse(
+            base_offset=base, last_offset=last, log_start_offset=p.log_start_offset
+        )
+        return response, "appended"
+
+    def deliver_late(self, topic: str, partition: int, batch: bytes) -> str:
+        """A delayed network copy of an old Produce request reaches the leader now: the
+        outcome ("appended", "duplicate", "fenced", "out_of_order")."""
+        try:
+            return self.decide_produce(topic, partition, batch)[1]
+        except Abort as abort:
+            return {"PRODUCER_FENCED": "fenced", "OUT_OF_ORDER_SEQUENCE": "out_of_order"}[
+                abort.code
+            ]
 
     def truncate_before(self, topic: str, partition: int, offset: int) -> None:
         """Drop whole batches that end before ``offset`` (retention)."""
@@ -399,49 +466,22 @@ class FakeNode(pb_grpc.ReplogServicer):
             def produce() -> pb.ProduceResponse:
                 nonlocal delay
                 header = read_header(request.batch)
-                pid, seq = header.producer_id, header.base_sequence
-                self._enter("Produce", request.topic, request.partition, seq)
-                p = c.check_leader(self.node_id, request.topic, request.partition)
-                state = p.producers.get(pid) if pid >= 0 else None
-                if pid >= 0:
-                    recent = state.recent if state is not None else []
-                    for recent_seq, recent_base, recent_last in recent:
-                        if seq == recent_seq:
-                            c.produce_outcomes.append((self.node_id, pid, seq, "duplicate"))
-                            return pb.ProduceResponse(
-                                base_offset=recent_base,
-                                last_offset=recent_last,
-                                log_start_offset=p.log_start_offset,
-                                duplicate=True,
-                            )
-                    expected = 0 if state is None else state.last_sequence + state.last_count
-                    if seq != expected:
-                        c.produce_outcomes.append((self.node_id, pid, seq, "out_of_order"))
-                        raise Abort(
-                            "OUT_OF_ORDER_SEQUENCE",
-                            f"expected sequence {expected}, got {seq}",
-                            fields={"expected": str(expected), "got": str(seq)},
-                        )
-                base, last = c.append_raw(request.topic, request.partition, request.batch)
-                if pid >= 0:
-                    recent = [*(state.recent if state is not None else []), (seq, base, last)]
-                    p.producers[pid] = ProducerState(
-                        header.producer_epoch,
-                        seq,
-                        header.record_count,
-                        base,
-                        last,
-                        recent[-RECENT_BATCHES:],
-                    )
-                c.produce_outcomes.append((self.node_id, pid, seq, "appended"))
+                self._enter("Produce", request.topic, request.partition, header.base_sequence)
+                c.check_leader(self.node_id, request.topic, request.partition)
+                c.produce_requests.append((request.topic, request.partition, request.batch))
+                response, outcome = c.decide_produce(
+                    request.topic, request.partition, request.batch, node_id=self.node_id
+                )
+                if outcome != "appended":
+                    return response
+                p = c.partition(request.topic, request.partition)
+                seq = header.base_sequence
                 fault = c.take_fault("Produce", request.topic, after_append=True, sequence=seq)
                 if fault is not None and fault.delay_ack:
                     delay = p.changed, fault.delay_ack_max_s  # set by the next append
                 elif fault is not None:
                     c.raise_fault(fault, request.topic, request.partition)
-                return pb.ProduceResponse(
-                    base_offset=base, last_offset=last, log_start_offset=p.log_start_offset
-                )
+                return response
 
             response = await self._unary(context, produce)
             if delay is not None:
@@ -744,3 +784,113 @@ _names = iter(range(1, 1 << 30))
 def unique(prefix: str = "t") -> str:
     """A topic name no other test in this process uses."""
     return f"{prefix}-{next(_names)}"
+
+
+# ---------------------------------------------------------------- in-process: no sockets at all
+
+
+class _InProcessContext:
+    """The part of ``grpc.aio.ServicerContext`` FakeNode uses: ``abort`` raises the very
+    ``grpc.aio.AioRpcError`` a grpc client would see, so ``to_replog_error`` converts it."""
+
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
+        raise grpc.aio.AioRpcError(
+            code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing_metadata), details
+        )
+
+
+_CONTEXT = _InProcessContext()
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+class _InProcessStream:
+    """A server-streaming call: ``async for`` over the servicer's generator, and ``cancel()``."""
+
+    def __init__(self, responses: AsyncIterator[Any]) -> None:
+        self._responses = responses
+
+    def __aiter__(self) -> _InProcessStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._responses.__anext__()
+
+    def cancel(self) -> None:
+        # Called once the client stopped iterating, so the generator is suspended or finished.
+        aclose = getattr(self._responses, "aclose", None)
+        if aclose is not None:
+            task = asyncio.get_running_loop().create_task(aclose())
+            _CLOSING.add(task)
+            task.add_done_callback(_CLOSING.discard)
+
+
+class InProcessStub:
+    """``ReplogStub``'s methods, calling a FakeNode directly on the caller's event loop."""
+
+    def __init__(self, node: FakeNode | None, address: str) -> None:
+        self._node = node
+        self._address = address
+
+    def _unreachable(self) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            f"no fake node at {self._address}",
+        )
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        async def unary(request: Any, timeout: float | None = None) -> Any:
+            if self._node is None:
+                raise self._unreachable()
+            call = getattr(self._node, method)(request, _CONTEXT)
+            try:
+                return await asyncio.wait_for(call, timeout)
+            except TimeoutError:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.aio.Metadata(),
+                    grpc.aio.Metadata(),
+                    "Deadline Exceeded",
+                ) from None
+
+        return unary
+
+    def Fetch(self, request: pb.FetchRequest, timeout: float | None = None) -> _InProcessStream:
+        if self._node is None:
+            error = self._unreachable()
+
+            async def failing() -> AsyncIterator[Any]:
+                raise error
+                yield  # pragma: no cover
+
+            return _InProcessStream(failing())
+        return _InProcessStream(self._node.Fetch(request, _CONTEXT))
+
+
+class InProcessCluster:
+    """A FakeCluster served without sockets: pass ``stub_factory`` to Producer/Consumer/
+    AdminClient and ``bootstrap`` as their bootstrap. Everything runs on the caller's loop
+    (create it inside the test's coroutine), so tests need no threads and no grpc channel."""
+
+    def __init__(self, nodes: int = 3) -> None:
+        self.cluster = FakeCluster(nodes)
+        self._nodes: dict[str, FakeNode] = {}
+        for node_id in self.cluster.node_ids:
+            address = f"fake-node-{node_id}:9400"
+            self.cluster.addresses[node_id] = address
+            self._nodes[address] = FakeNode(self.cluster, node_id)
+        self.stubs_made: list[str] = []
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(self.cluster.addresses[n] for n in self.cluster.node_ids)
+
+    def stub_factory(self, address: str) -> InProcessStub:
+        self.stubs_made.append(address)
+        return InProcessStub(self._nodes.get(address), address)
