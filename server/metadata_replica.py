@@ -23,6 +23,7 @@ from raft.rawnode import RawNode
 from raft.storage import DurableLog
 from raft.types import Entry, EntryType, ReadState, Role, Snapshot, SoftState
 from server.errors import BrokerError, not_leader, timed_out
+from server.proposals import ProposalWaiters
 
 Forwarder = Callable[[int, bytes, int], Awaitable[bytes]]
 MAX_FORWARD_HOPS = 2
@@ -78,7 +79,7 @@ class MetadataReplica:
         fallback_targets: Sequence[int] = (),
     ) -> None:
         self.node = node
-        self._fallback = [t for t in fallback_targets if t != node.raft.id]
+        self._fallback = [t for t in fallback_targets if t != node.id]
         self._fallback_next = 0
         self.log = log
         self.state = state
@@ -91,7 +92,7 @@ class MetadataReplica:
         self.role = Role.FOLLOWER
         self.leader_id = 0
         self.term = 0
-        self._waiters: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._waiters: ProposalWaiters[Any] = ProposalWaiters()
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
         self._ctx = itertools.count(1)
@@ -141,15 +142,12 @@ class MetadataReplica:
             except MetadataError as exc:
                 error = exc
                 changed = True
-            waiter = self._waiters.pop(entry.index, None)
-            if waiter is not None and not waiter[1].done():
-                term, fut = waiter
-                if entry.term != term:
-                    fut.set_exception(self._not_leader())
-                elif error is not None:
-                    fut.set_exception(error)
-                else:
-                    fut.set_result(result)
+            self._waiters.resolve(
+                entry.index,
+                entry.term,
+                lambda result=result, error=error: _outcome(result, error),  # type: ignore[misc]
+                self._not_leader,
+            )
         self.applied_since_snapshot += len(entries)
         applied = entries[-1].index if entries else 0
         if self._applied_waiters:
@@ -166,13 +164,11 @@ class MetadataReplica:
 
     def on_stopped(self, reason: BaseException | None) -> None:
         self.stopped = reason
-        for _t, fut in self._waiters.values():
-            if not fut.done():
-                fut.set_exception(BrokerError("INTERNAL", f"metadata replica stopped: {reason}"))
+        self._waiters.fail_all(BrokerError("INTERNAL", f"metadata replica stopped: {reason}"))
 
     # ------------------------------------------------------------------ proposals
     def _not_leader(self) -> BrokerError:
-        leader = self.leader_id if self.leader_id != self.node.raft.id else 0
+        leader = self.leader_id if self.leader_id != self.node.id else 0
         return not_leader(
             "the metadata group", leader, self._leader_address(leader) if leader else ""
         )
@@ -203,8 +199,7 @@ class MetadataReplica:
             raise BrokerError(
                 "LEADER_NOT_AVAILABLE", f"metadata: {exc.reason}", retriable=True
             ) from None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiters[index] = (self.node.raft.term, fut)
+        fut = self._waiters.add(index, self.node.term)
         self._touch(self.group_id)
         try:
             result = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
@@ -219,7 +214,7 @@ class MetadataReplica:
         if self.role == Role.LEADER:
             index, result = await self.propose_local(data, timeout_s)
             return index, result_to_json(result)
-        target = self.leader_id if self.leader_id not in (0, self.node.raft.id) else 0
+        target = self.leader_id if self.leader_id not in (0, self.node.id) else 0
         if target == 0:
             if hops > 0 or not self._fallback:
                 raise self._not_leader()
@@ -245,7 +240,7 @@ class MetadataReplica:
                 raise timed_out("metadata proposal")
             try:
                 index, result = await self._propose_once(data, remaining, hops=0)
-                if self.node.raft.tracker.voters or self.role == Role.LEADER:
+                if self.node.has_voters() or self.role == Role.LEADER:
                     await self.wait_applied(index, max(0.01, deadline - loop.time()))
                 return result
             except BrokerError as exc:
@@ -272,7 +267,7 @@ class MetadataReplica:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise timed_out("metadata read barrier")
-            ctx = f"{self.node.raft.id}:{next(self._ctx)}".encode()
+            ctx = f"{self.node.id}:{next(self._ctx)}".encode()
             fut: asyncio.Future[int] = loop.create_future()
             self._read_waiters[ctx] = fut
             self.node.read_index(ctx)
@@ -285,3 +280,9 @@ class MetadataReplica:
                 continue
             await self.wait_applied(index, max(0.01, deadline - loop.time()))
             return
+
+
+def _outcome(result: Any, error: BaseException | None) -> Any:
+    if error is not None:
+        raise error
+    return result

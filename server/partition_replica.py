@@ -10,13 +10,19 @@ segment retention drops, and holds the partition state *at that index* (log star
 table), rebuilt by replaying the dropped entries' headers. So after compaction the Raft log starts at
 snapshot index + 1, every retained record stays readable, and a restart replays the retained log to
 rebuild the offset index and producer table (which therefore survive restarts and leader changes).
+
+Off the loop (issue #13): loading a replica (``load_partition_state``) and retention (replaying the
+dropped entries into a snapshot, saving it, compacting) run in the executor on the group's lane,
+so a 64 MiB segment of small batches never stalls the Raft loop (#12 defect 18).
+
+Fetch wake-ups are proportional (#12 defect 20): a waiting fetch registers the offset it waits
+for; an apply wakes only the waiters whose offset the new high watermark has passed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +48,9 @@ from raft.types import (
     SnapshotMetadata,
     SoftState,
 )
+from server.env import Executor
 from server.errors import BrokerError, not_leader, timed_out
+from server.proposals import ProposalWaiters
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,8 @@ class PartitionReplica:
         leader_address: Callable[[int], str],
         on_leader_change: Callable[[int, int, int], None],
         logger: Any,
+        executor: Executor,
+        wall_clock_ms: Callable[[], int],
     ) -> None:
         self.group_id = group_id
         self.topic = topic
@@ -85,10 +95,15 @@ class PartitionReplica:
         self.role = Role.FOLLOWER
         self.leader_id = 0
         self.term = 0
-        self._waiters: dict[int, tuple[int, asyncio.Future[ProduceResult]]] = {}
-        self._leader_waiters: dict[int, tuple[int, int, asyncio.Future[ProduceResult]]] = {}
-        self._data_event = asyncio.Event()
+        self._executor = executor
+        self._wall_clock_ms = wall_clock_ms
+        self._waiters: ProposalWaiters[ProduceResult] = ProposalWaiters()
+        # acks=leader: resolved when the entry is durable on this leader; offsets by index.
+        self._leader_waiters: ProposalWaiters[ProduceResult] = ProposalWaiters()
+        self._leader_offsets: dict[int, tuple[int, int]] = {}
+        self._fetch_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.stopped: BaseException | None = None
+        self._retention_running = False
 
     @property
     def what(self) -> str:
@@ -115,56 +130,60 @@ class PartitionReplica:
         was_leader = self.role == Role.LEADER
         self.role, self.leader_id, self.term = soft.role, soft.leader_id, term
         if soft.role == Role.LEADER and not was_leader:
-            self._on_leader_change(self.group_id, self.node.raft.id, term)
+            self._on_leader_change(self.group_id, self.node.id, term)
         if was_leader and soft.role != Role.LEADER:
             # acks=leader waiters can no longer be answered truthfully by us.
-            for _idx, (_t, _b, fut) in list(self._leader_waiters.items()):
-                if not fut.done():
-                    fut.set_exception(self._not_leader())
-            self._leader_waiters.clear()
-        self._data_event.set()  # wake fetchers so they notice leadership moved
-        self._data_event = asyncio.Event()
+            self._leader_waiters.fail_all(self._not_leader())
+            self._leader_offsets.clear()
+        self._wake_fetchers(None)  # they notice leadership moved
 
     def on_persisted(self, last_index: int) -> None:
-        if not self._leader_waiters:
+        if not len(self._leader_waiters):
             return
-        for idx in [i for i in self._leader_waiters if i <= last_index]:
-            base, last, fut = self._leader_waiters.pop(idx)
-            if not fut.done():
-                fut.set_result(ProduceResult(base, last, self.state.log_start_offset, False))
+
+        def outcome(index: int) -> ProduceResult:
+            base, last = self._leader_offsets.pop(index)
+            return ProduceResult(base, last, self.state.log_start_offset, False)
+
+        self._leader_waiters.resolve_through(last_index, outcome)
+
+    def _wake_fetchers(self, high_watermark: int | None) -> None:
+        """Wakes the fetches waiting below ``high_watermark`` (all of them if None)."""
+        if not self._fetch_waiters:
+            return
+        keep = []
+        for offset, fut in self._fetch_waiters:
+            if high_watermark is None or offset < high_watermark:
+                if not fut.done():
+                    fut.set_result(None)
+            elif not fut.done():
+                keep.append((offset, fut))
+        self._fetch_waiters = keep
 
     def apply(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
             result = self.state.apply(entry)
-            waiter = self._waiters.pop(entry.index, None)
-            if waiter is None:
-                continue
-            term, fut = waiter
-            if fut.done():
-                continue
-            if entry.term != term:
-                # Our proposal was overwritten by another leader's entry at this index.
-                fut.set_exception(self._not_leader())
-            elif isinstance(result, Appended):
-                fut.set_result(
-                    ProduceResult(
-                        result.base_offset, result.last_offset, self.state.log_start_offset, False
-                    )
-                )
-            elif isinstance(result, Duplicate):
-                fut.set_result(
-                    ProduceResult(
-                        result.base_offset, result.last_offset, self.state.log_start_offset, True
-                    )
-                )
-            elif isinstance(result, Rejected):
-                fut.set_exception(result.error)
-            else:  # Control: cannot happen for a data proposal
-                fut.set_exception(
-                    BrokerError("INTERNAL", f"proposal at index {entry.index} applied as {result}")
-                )
-        self._data_event.set()
-        self._data_event = asyncio.Event()
+            self._waiters.resolve(
+                entry.index,
+                entry.term,
+                lambda result=result, index=entry.index: self._outcome(index, result),  # type: ignore[misc]
+                self._not_leader,
+            )
+        self._wake_fetchers(self.state.high_watermark)
+
+    def _outcome(self, index: int, result: object) -> ProduceResult:
+        if isinstance(result, Appended):
+            return ProduceResult(
+                result.base_offset, result.last_offset, self.state.log_start_offset, False
+            )
+        if isinstance(result, Duplicate):
+            return ProduceResult(
+                result.base_offset, result.last_offset, self.state.log_start_offset, True
+            )
+        if isinstance(result, Rejected):
+            raise result.error
+        # Control: cannot happen for a data proposal
+        raise BrokerError("INTERNAL", f"proposal at index {index} applied as {result}")
 
     def on_stopped(self, reason: BaseException | None) -> None:
         self.stopped = reason or RuntimeError("replica stopped")
@@ -174,19 +193,14 @@ class PartitionReplica:
             retriable=True,
             hint="retry; metadata will point at another replica",
         )
-        for _t, fut in self._waiters.values():
-            if not fut.done():
-                fut.set_exception(err)
-        for _b, _l, fut in self._leader_waiters.values():
-            if not fut.done():
-                fut.set_exception(err)
-        self._waiters.clear()
-        self._leader_waiters.clear()
-        self._data_event.set()
+        self._waiters.fail_all(err)
+        self._leader_waiters.fail_all(err)
+        self._leader_offsets.clear()
+        self._wake_fetchers(None)
 
     # ------------------------------------------------------------------ produce
     def _not_leader(self) -> BrokerError:
-        leader = self.leader_id if self.leader_id != self.node.raft.id else 0
+        leader = self.leader_id if self.leader_id != self.node.id else 0
         return not_leader(self.what, leader, self._leader_address(leader) if leader else "")
 
     def ensure_leader(self) -> None:
@@ -209,13 +223,13 @@ class PartitionReplica:
                 retriable=True,
                 hint="retry after a short back-off",
             ) from None
-        term = self.node.raft.term
+        term = self.node.term
         self.state.on_log_append((Entry(index, term, EntryType.NORMAL, stamped),))
-        fut: asyncio.Future[ProduceResult] = asyncio.get_running_loop().create_future()
         if acks_leader:
-            self._leader_waiters[index] = (base_offset, last_offset, fut)
+            self._leader_offsets[index] = (base_offset, last_offset)
+            fut = self._leader_waiters.add(index, term)
         else:
-            self._waiters[index] = (term, fut)
+            fut = self._waiters.add(index, term)
         self._touch(self.group_id)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
@@ -234,7 +248,6 @@ class PartitionReplica:
         self, offset: int, max_bytes: int, max_wait_s: float, follow: bool
     ) -> AsyncIterator[FetchResult]:
         while True:
-            event = self._data_event
             result = self.fetch_once(offset, max_bytes)
             if result.batches:
                 yield result
@@ -242,33 +255,51 @@ class PartitionReplica:
                 if not follow:
                     return
                 continue
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._fetch_waiters.append((offset, fut))
             try:
-                await asyncio.wait_for(event.wait(), max_wait_s)
+                await asyncio.wait_for(fut, max_wait_s)
             except TimeoutError:
                 if not follow:
                     yield result
                     return
+            finally:
+                if not fut.done():
+                    fut.cancel()
             if self.stopped is not None:
                 raise self._not_leader()
 
     # ------------------------------------------------------------------ retention
-    def maybe_apply_retention(self, now_ms: int | None = None) -> int | None:
-        """Drop whole segments that retention allows; returns the new first index, or None."""
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    async def maybe_apply_retention(self) -> int | None:
+        """Drops whole segments that retention allows; returns the new first index, or None.
+        The replay, the snapshot write and the compaction run on the group's executor lane."""
+        if self._retention_running:
+            return None
+        now_ms = self._wall_clock_ms()
         segments = [(s.first_index, s.last_index, s.size_bytes) for s in self.log.segments()]
         cut = self.state.retention_cut(segments, now_ms)
         if cut is None:
             return None
-        snapshot = self._snapshot_at(cut)
-        self.log.save_snapshot(snapshot)
-        self.log.compact(cut)
-        self.state.on_compacted(self.log.first_index())
+        self._retention_running = True
+        try:
+            first = await self._executor.submit(f"group-{self.group_id}", self._compact_at, cut)
+        finally:
+            self._retention_running = False
+        if self.stopped is not None:
+            return None
+        self.state.on_compacted(first)
         self._log.info(
             "retention_applied",
             group_id=self.group_id,
             cut_index=cut,
             log_start_offset=self.state.log_start_offset,
         )
+        return first
+
+    def _compact_at(self, cut: int) -> int:
+        """Blocking (executor): snapshot at ``cut`` (saved durably first), then drop segments."""
+        self.log.save_snapshot(self._snapshot_at(cut))
+        self.log.compact(cut)
         return self.log.first_index()
 
     def _snapshot_at(self, index: int) -> Snapshot:
@@ -292,3 +323,21 @@ class PartitionReplica:
             with contextlib.suppress(ValueError):  # the core skipped invalid changes too
                 conf = apply_conf_change(conf, ConfChange.decode(e.data))
         return Snapshot(SnapshotMetadata(index, self.log.term(index), conf), replay.snapshot())
+
+
+def load_partition_state(
+    log: DurableLog, make_state: Callable[[], PartitionState]
+) -> PartitionState:
+    """Blocking (executor): the partition state of a just-opened log: its snapshot, then the
+    offset tail rebuilt from the retained log. Committed entries are re-applied by the Raft core
+    afterwards (applied restarts at the snapshot index)."""
+    state = make_state()
+    snap = log.snapshot()
+    if not snap.is_empty():
+        state.restore(snap.data, snap.metadata.index)
+    lo, last = log.first_index(), log.last_index()
+    while lo <= last:
+        chunk = log.entries(lo, last + 1, 8 << 20)
+        state.on_log_append(chunk)
+        lo = chunk[-1].index + 1
+    return state

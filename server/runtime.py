@@ -1,27 +1,39 @@
 """The ready loop: drives every Raft group hosted by this broker on one asyncio event loop.
 
-Owns: the set of groups, ticking, the per-turn Ready pipeline, the fsync thread, failure isolation.
+Owns: the set of groups, ticking, the per-turn Ready pipeline, the per-group persistence
+pipeline, failure isolation, quiescence.
+
 One loop turn (STYLE.md "The runtime"):
   1. take a Ready from every group that was touched (stepped, ticked, proposed to) since last turn;
-  2. write its snapshot / entries / hard state to the group's log (buffered writes, no fsync yet) and
-     hand its safe messages to the transport; the transport sends ONE batch per peer for all groups;
-  3. fsync every log written in this turn in the fsync thread — one wait covers every group (group
-     commit across groups); the loop keeps serving requests meanwhile;
-  4. report ``on_persisted`` (which releases votes / append acks the core held back), apply committed
-     entries, ``advance_apply``; groups that have more to do are touched again.
-A group whose invariants break (InvariantViolation, StorageCorruption) is stopped and reported; the
-broker keeps serving the others.
-Never: block the loop on the disk or a peer; send a message the core has not released.
+  2. write its snapshot / entries / hard state to the group's log (buffered writes only: the log
+     defers every fsync to ``sync()``), hand its released messages to the transport, and apply
+     what the core handed out as committed; the transport sends ONE batch per peer for all groups;
+  3. submit the group's ``sync()`` to the executor on the group's own lane (``group-<id>``):
+     lanes are FIFO, so a group's persistence completes in Ready order, while different groups'
+     fsyncs run in parallel and a slow file delays only its own group;
+  4. when the job completes, report ``on_persisted(number)`` (which releases the votes and append
+     acknowledgements the core held back) and touch the group again.
+A Ready that needs no persistence of its own but follows one still in flight goes through the
+lane as a no-op job: its number must not be reported before its predecessors are durable.
+
+Failure model (one place, ``_fail``): anything a group raises while it is driven (a
+``raft.errors.GroupFailure`` such as an invariant violation, a corrupt or failed disk, a
+partition/metadata invariant error, an OSError from a write, or a plain bug) stops THAT group:
+it is never driven again, its waiters fail, it shows as failed in the group status, and no later
+Ready of it is ever reported persisted. The other groups keep committing. A failed sync job
+fails only the group it belonged to.
 
 Quiescence (CockroachDB's idea; what makes 1,000 idle partitions cheap): a leader whose group
-has nothing in flight (every member's match = last index = commit = applied) for two heartbeat
-rounds stops ticking the group and tells its followers in the per-peer batch
-(``quiesced_groups``); they stop ticking it too. Liveness is then watched per *node*, not per
-group: every link carries a batch at least once per tick, and a follower whose leader's node
-went silent for an election timeout wakes its groups with their election clocks advanced to the
-timeout (so the failover costs one node-liveness timeout, not two). Any message for a group, a
-proposal or any other touch wakes it. Quiescence only stops ticks, which Raft's safety never
-depends on; a wrong guess costs an election, never data.
+has nothing in flight (``RawNode.is_quiescable``) for two heartbeat rounds stops ticking the
+group and tells its followers in the per-peer batch (``quiesced_groups``); they stop ticking it
+too. Liveness is then watched per *node*, not per group: every link carries a batch at least
+once per tick, and a follower whose leader's node went silent for an election timeout wakes its
+groups with their election clocks advanced to the timeout. Any message for a group, a proposal
+or any other touch wakes it. Quiescence only stops ticks, which Raft's safety never depends on;
+a wrong guess costs an election, never data.
+
+Never: block the loop on the disk or a peer; send a message the core has not released; report
+persisted what a failed job did not make durable.
 """
 
 from __future__ import annotations
@@ -29,15 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from raft.errors import InvariantViolation, StorageCorruption
 from raft.rawnode import RawNode
 from raft.storage import DurableLog
 from raft.types import Entry, Message, MessageType, ReadState, Ready, Role, Snapshot, SoftState
+from server.env import Executor
 from server.transport import PeerTransport
 
 
@@ -57,12 +67,15 @@ class Group:
     __slots__ = (
         "failed",
         "group_id",
+        "jobs_in_flight",
+        "lane",
         "log",
         "node",
         "quiesced",
         "quiet_ticks",
+        "removed",
         "replica",
-        "unsynced",
+        "snapshot_peers",
     )
 
     def __init__(self, group_id: int, node: RawNode, log: DurableLog, replica: Replica) -> None:
@@ -70,15 +83,17 @@ class Group:
         self.node = node
         self.log = log
         self.replica = replica
+        self.lane = f"group-{group_id}"
         self.failed: BaseException | None = None
-        self.unsynced = False  # a Ready of this group waits for a sync job to complete
-        self.quiesced = False  # idle: not ticked (see Runtime's quiescence notes)
+        self.removed = False
+        self.jobs_in_flight = 0  # persistence jobs submitted and not yet completed
+        self.quiesced = False  # idle: not ticked (see the quiescence notes above)
         self.quiet_ticks = 0  # consecutive leader ticks with nothing to replicate
+        self.snapshot_peers: set[int] = set()  # peers we sent a snapshot to, not yet reported
 
 
-def _sync_logs(logs: list[DurableLog]) -> None:
-    for log in logs:
-        log.sync()
+def _noop() -> None:
+    return None
 
 
 class Runtime:
@@ -87,31 +102,36 @@ class Runtime:
         *,
         node_id: int,
         tick_ms: int,
-        fsync: bool,
         transport: PeerTransport,
+        executor: Executor,
         log: Any,
         election_ticks: int = 10,
+        heartbeat_ticks: int = 1,
         quiesce: bool = True,
         seed: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.tick_s = tick_ms / 1000
-        self.fsync = fsync
         self.transport = transport
-        self.rng = random.Random(seed if seed is not None else time.time_ns() ^ node_id)
+        self.executor = executor
+        self.rng = random.Random(seed)
         self.groups: dict[int, Group] = {}
         self._touched: set[int] = set()
         self._wake = asyncio.Event()
-        self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._tasks: list[asyncio.Task[None]] = []
         self._log = log
         self._running = False
         self.turns = 0
-        self.fsync_passes = 0
+        self.sync_jobs = 0
         self.election_ticks = election_ticks
+        self.heartbeat_ticks = heartbeat_ticks
         self.peer_seen: dict[int, float] = {}  # node id -> loop time a batch last arrived
         self.quiesce = quiesce
         self.loop_stalls = 0
+
+    def new_rng(self) -> random.Random:
+        """A group's election-jitter source, derived from the runtime's (seeded) one."""
+        return random.Random(self.rng.getrandbits(64))
 
     # ------------------------------------------------------------------ groups
     def add_group(self, group: Group) -> None:
@@ -119,9 +139,17 @@ class Runtime:
         self.touch(group.group_id)
 
     def remove_group(self, group_id: int) -> Group | None:
+        """Stops driving the group. Its jobs still in flight complete on its lane; callers close
+        its log through the same lane (``close_log``) so no job ever sees a closed log."""
         group = self.groups.pop(group_id, None)
         self._touched.discard(group_id)
+        if group is not None:
+            group.removed = True
         return group
+
+    async def close_log(self, group: Group) -> None:
+        """Closes the group's log after every persistence job it has in flight (FIFO lane)."""
+        await self.executor.submit(group.lane, group.log.close)
 
     def touch(self, group_id: int) -> None:
         group = self.groups.get(group_id)
@@ -134,16 +162,16 @@ class Runtime:
         group = self.groups.get(group_id)
         if group is None or group.failed is not None:
             return  # unknown group (not created here yet, or deleted): Raft retransmits
-        if group.quiesced:
-            if msg.type == MessageType.HEARTBEAT_RESP and msg.term == group.node.raft.term:
-                # A straggling answer to the heartbeats sent before quiescing: take note of
-                # it (peer activity) but stay asleep.
-                group.node.step(msg)
-                return
-            self.wake_group(group)
         try:
+            if group.quiesced:
+                if msg.type == MessageType.HEARTBEAT_RESP and msg.term == group.node.term:
+                    # A straggling answer to the heartbeats sent before quiescing: take note
+                    # of it (peer activity) but stay asleep.
+                    group.node.step(msg)
+                    return
+                self.wake_group(group)
             group.node.step(msg)
-        except (InvariantViolation, StorageCorruption) as exc:
+        except Exception as exc:
             self._fail(group, exc)
             return
         self._touched.add(group_id)
@@ -152,9 +180,19 @@ class Runtime:
     def report_unreachable(self, peer_id: int, group_ids: set[int]) -> None:
         for gid in group_ids:
             group = self.groups.get(gid)
-            if group is not None and group.failed is None:
+            if group is None or group.failed is not None:
+                continue
+            try:
                 group.node.report_unreachable(peer_id)
-                self._touched.add(gid)
+                if peer_id in group.snapshot_peers:
+                    # The snapshot may have been in what was lost: let the leader resend it
+                    # instead of waiting in SNAPSHOT state until leadership changes.
+                    group.snapshot_peers.discard(peer_id)
+                    group.node.report_snapshot(peer_id, False)
+            except Exception as exc:
+                self._fail(group, exc)
+                continue
+            self._touched.add(gid)
         self._wake.set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -172,7 +210,12 @@ class Runtime:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        self._fsync_pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """A simulated crash: stop at once, await nothing."""
+        self._running = False
+        for t in self._tasks:
+            t.cancel()
 
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -202,46 +245,39 @@ class Runtime:
         for gid, group in self.groups.items():
             if group.failed is not None:
                 continue
-            if group.quiesced:
-                if stale and self._quiesced_needs_waking(group, stale):
-                    self.wake_group(group, leader_lost=group.node.raft.role != Role.LEADER)
-                else:
-                    continue
-            group.node.tick()
-            self._touched.add(gid)
-            if self.quiesce:
-                self._maybe_quiesce(group)
+            try:
+                if group.quiesced:
+                    if stale and self._quiesced_needs_waking(group, stale):
+                        self.wake_group(group, leader_lost=group.node.role != Role.LEADER)
+                    else:
+                        continue
+                group.node.tick()
+                self._touched.add(gid)
+                if self.quiesce:
+                    self._maybe_quiesce(group)
+            except Exception as exc:
+                self._fail(group, exc)
         self.transport.keepalive()
 
     def _quiesced_needs_waking(self, group: Group, stale: set[int]) -> bool:
-        r = group.node.raft
-        if r.role == Role.LEADER:
-            return any(p in stale for p in r.tracker.progress if p != self.node_id)
-        return r.leader_id in stale
+        node = group.node
+        if node.role == Role.LEADER:
+            return any(p in stale for p in node.peer_ids())
+        return node.leader_id in stale
 
     def _maybe_quiesce(self, group: Group) -> None:
-        r = group.node.raft
-        if r.role != Role.LEADER:
+        node = group.node
+        if node.role != Role.LEADER:
             return
-        log = r.log
-        last = log.last_index()
-        if (
-            log.committed != last
-            or log.applied != last
-            or r.lead_transferee
-            or r.read_only.pending
-            or group.unsynced
-            or any(pr.match != last for pr in r.tracker.progress.values())
-        ):
+        if group.jobs_in_flight or not node.is_quiescable():
             group.quiet_ticks = 0
             return
         group.quiet_ticks += 1
-        if group.quiet_ticks < 2 * r.heartbeat_ticks + 1:
+        if group.quiet_ticks < 2 * self.heartbeat_ticks + 1:
             return  # followers learn the final commit index from the heartbeats first
         group.quiesced = True
-        for peer in r.tracker.progress:
-            if peer != self.node_id:
-                self.transport.mark_quiesced(peer, group.group_id)
+        for peer in node.peer_ids():
+            self.transport.mark_quiesced(peer, group.group_id)
 
     def on_quiesce_notice(self, from_node: int, group_ids: Sequence[int]) -> None:
         """A leader says these groups are idle: stop ticking them if we agree it leads them
@@ -250,29 +286,13 @@ class Runtime:
             group = self.groups.get(gid)
             if group is None or group.failed is not None or group.quiesced:
                 continue
-            r = group.node.raft
-            if (
-                r.role == Role.FOLLOWER
-                and r.leader_id == from_node
-                and r.log.committed == r.log.last_index()
-                and not group.unsynced
-            ):
+            if not group.jobs_in_flight and group.node.is_caught_up_follower_of(from_node):
                 group.quiesced = True
 
     def wake_group(self, group: Group, leader_lost: bool = False) -> None:
         group.quiesced = False
         group.quiet_ticks = 0
-        r = group.node.raft
-        if r.role == Role.LEADER:
-            # Time stood still while quiesced; don't let the first CheckQuorum after waking
-            # judge peers on activity flags from before the pause.
-            r.election_elapsed = 0
-            for pr in r.tracker.progress.values():
-                pr.recent_active = True
-        elif leader_lost:
-            # The leader's node went silent for an election timeout already: start the
-            # randomized part of the election timeout now rather than a whole new timeout.
-            r.election_elapsed = max(r.election_elapsed, self.election_ticks)
+        group.node.on_wake(leader_lost)
         self._touched.add(group.group_id)
 
     def on_peer_batch(self, from_node: int, now: float) -> None:
@@ -283,61 +303,64 @@ class Runtime:
             await self._wake.wait()
             self._wake.clear()
             try:
-                await self.run_turn()
-            except asyncio.CancelledError:
-                raise
+                self.run_turn()
             except Exception as exc:  # a bug in the loop itself: log loudly, keep serving
                 self._log.exception("ready_loop_error", error=repr(exc))
 
     # ------------------------------------------------------------------ one turn
-    async def run_turn(self) -> None:
-        """One turn. Persistence is pipelined: the fsync of this turn's writes runs in the fsync
-        thread while later turns go on; ``on_persisted`` for this turn's Readies is reported
-        when it completes (jobs complete in submission order, so numbers only grow)."""
+    def run_turn(self) -> None:
+        """One turn: every touched group's Ready written, sent, applied and its persistence
+        submitted; then one flush of the transport."""
         self.turns += 1
         touched, self._touched = self._touched, set()
-        to_sync: list[DurableLog] = []
-        covered: list[tuple[Group, int, int]] = []  # (group, ready number, last entry index)
         for gid in touched:
             group = self.groups.get(gid)
             if group is None or group.failed is not None:
                 continue
             try:
-                if not group.node.has_ready():
-                    continue
-                rd = group.node.ready()
-                self._write(group, rd)
-                for msg in rd.messages:
-                    self.transport.enqueue(gid, msg)
-                self._apply(group, rd)
-                needs_sync = rd.must_sync or bool(rd.entries) or rd.snapshot is not None
-                if needs_sync:
-                    to_sync.append(group.log)
-                if needs_sync or group.unsynced:
-                    # Must wait for this turn's sync job (or an earlier one still running).
-                    group.unsynced = True
-                    last = rd.entries[-1].index if rd.entries else 0
-                    covered.append((group, rd.number, last))
-                else:
-                    group.node.on_persisted(rd.number)
-                    if group.node.has_ready():
-                        self._touched.add(gid)
-            except (InvariantViolation, StorageCorruption) as exc:
+                self._drive(group)
+            except Exception as exc:
                 self._fail(group, exc)
         self.transport.flush()
-        if covered:
-            if to_sync and self.fsync:
-                self.fsync_passes += 1
-            job = self._fsync_pool.submit(_sync_logs, to_sync if self.fsync else [])
-            loop = asyncio.get_running_loop()
-            job.add_done_callback(lambda f: loop.call_soon_threadsafe(self._on_synced, f, covered))
         if self._touched:
             self._wake.set()
+
+    def _drive(self, group: Group) -> None:
+        node = group.node
+        if not node.has_ready():
+            return
+        rd = node.ready()
+        self._write(group, rd)
+        for msg in rd.messages:
+            self.transport.enqueue(group.group_id, msg)
+            if msg.type == MessageType.SNAPSHOT:
+                group.snapshot_peers.add(msg.to)
+        self._apply(group, rd)
+        needs_sync = rd.must_sync or bool(rd.entries) or rd.snapshot is not None
+        if not needs_sync and not group.jobs_in_flight:
+            node.on_persisted(rd.number)
+            self._report_snapshots_sent(group)
+            if node.has_ready():
+                self._touched.add(group.group_id)
+            return
+        last = rd.entries[-1].index if rd.entries else 0
+        job = self.executor.submit(group.lane, group.log.sync if needs_sync else _noop)
+        group.jobs_in_flight += 1
+        self.sync_jobs += 1
+        job.add_done_callback(lambda f: self._on_synced(group, rd.number, last, f))
+
+    def _report_snapshots_sent(self, group: Group) -> None:
+        # The transport took the snapshot (in chunks if large); report it delivered so the
+        # follower's progress leaves SNAPSHOT state (etcd's ReportSnapshot). If it was lost,
+        # report_unreachable reports the failure instead, and the next probe finds out.
+        for peer in sorted(group.snapshot_peers):
+            group.node.report_snapshot(peer, True)
+        group.snapshot_peers.clear()
 
     def _apply(self, group: Group, rd: Ready) -> None:
         """Applies what the core handed out as committed in this Ready, in the same turn (the
         core only hands out entries that are committed and already persisted on this node, so
-        applying never waits on this turn's own fsync job)."""
+        applying never waits on this turn's own persistence job)."""
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             # An installed snapshot is applied state (the replica restored it in _write).
             group.node.advance_apply(rd.snapshot.metadata.index)
@@ -347,28 +370,26 @@ class Runtime:
         if rd.read_states:
             group.replica.on_read_states(rd.read_states)
 
-    def _on_synced(self, job: Future[None], covered: list[tuple[Group, int, int]]) -> None:
+    def _on_synced(self, group: Group, number: int, last: int, job: asyncio.Future[None]) -> None:
+        group.jobs_in_flight -= 1
+        if group.failed is not None or group.removed:
+            return
+        if job.cancelled():
+            self._fail(group, RuntimeError("persistence job cancelled"))
+            return
         error = job.exception()
-        pending_numbers: dict[int, int] = {}
-        for group, number, last in covered:
-            if group.failed is not None:
-                continue
-            if error is not None:
-                self._fail(group, error)
-                continue
-            try:
-                group.node.on_persisted(number)
-                if last:
-                    group.replica.on_persisted(last)
-            except (InvariantViolation, StorageCorruption) as exc:
-                self._fail(group, exc)
-                continue
-            pending_numbers[group.group_id] = number
-            self._touched.add(group.group_id)
-        for group, number, _last in covered:
-            if pending_numbers.get(group.group_id) == number:
-                # No later turn of this group is waiting on a newer job.
-                group.unsynced = group.node.raft.next_ready_number - 1 > number
+        if error is not None:
+            self._fail(group, error)  # this group only: other groups' jobs are their own
+            return
+        try:
+            group.node.on_persisted(number)
+            if last:
+                group.replica.on_persisted(last)
+            self._report_snapshots_sent(group)
+        except Exception as exc:
+            self._fail(group, exc)
+            return
+        self._touched.add(group.group_id)
         self._wake.set()
 
     def _write(self, group: Group, rd: Ready) -> None:
@@ -383,9 +404,12 @@ class Runtime:
         if rd.hard_state is not None:
             group.log.save_hard_state(rd.hard_state)
         if rd.soft_state is not None:
-            group.replica.on_soft_state(rd.soft_state, group.node.raft.term)
+            group.replica.on_soft_state(rd.soft_state, group.node.term)
 
     def _fail(self, group: Group, exc: BaseException) -> None:
+        """The one place a group stops: never driven again, waiters failed, status shows it."""
+        if group.failed is not None:
+            return
         group.failed = exc
         self._log.error(
             "group_failed", group_id=group.group_id, error=str(exc), kind=type(exc).__name__
@@ -393,6 +417,5 @@ class Runtime:
         with contextlib.suppress(Exception):
             group.replica.on_stopped(exc)
 
-
-def new_rng(runtime: Runtime) -> random.Random:
-    return random.Random(runtime.rng.getrandbits(64))
+    def failed_groups(self) -> dict[int, BaseException]:
+        return {gid: g.failed for gid, g in self.groups.items() if g.failed is not None}
