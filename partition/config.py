@@ -26,6 +26,11 @@ class PartitionConfig:
     producer_state_keep: int = 5
     """How many recent batches per idempotent producer are remembered for duplicate
     detection (Kafka keeps 5 = max in-flight requests per connection)."""
+    producer_expiry_ms: int = 24 * 3600 * 1000
+    """An idempotent producer is forgotten once the log's newest batch timestamp is more than
+    this past its last batch (Kafka's producer.id.expiration.ms, default one day); -1 never.
+    Shorter bounds the producer table and the snapshots sooner; a producer idle for longer
+    restarts its sequence (its client bumps the epoch)."""
 
     def __post_init__(self) -> None:
         if self.max_batch_bytes < 61:
@@ -37,6 +42,12 @@ class PartitionConfig:
         if self.retention_bytes < -1 or self.retention_bytes == 0:
             raise ConfigError(
                 "retention_bytes", self.retention_bytes, "use -1 (no limit) or > 0 bytes"
+            )
+        if self.producer_expiry_ms < -1 or self.producer_expiry_ms == 0:
+            raise ConfigError(
+                "producer_expiry_ms",
+                self.producer_expiry_ms,
+                "use -1 (never) or > 0 ms (Kafka's default is one day, 86400000)",
             )
         if not 1 <= self.producer_state_keep <= 1000:
             raise ConfigError(

@@ -42,6 +42,8 @@ class EntryMeta:
     """The batch's baseOffset as the leader stamped it; -1 for control entries."""
     max_timestamp_ms: int
     """The batch's maxTimestamp; -1 for control entries."""
+    header: BatchHeader | None = None
+    """The batch header of a data entry; None for control entries."""
 
 
 _CONTROL = EntryMeta(EntryKind.CONTROL, 1, -1, -1)
@@ -76,4 +78,4 @@ def describe_entry(entry: Entry) -> EntryMeta:
             h.last_offset_delta,
             "a batch was proposed without wire.batch.validate",
         )
-    return EntryMeta(EntryKind.DATA, h.last_offset_delta + 1, h.base_offset, h.max_timestamp)
+    return EntryMeta(EntryKind.DATA, h.last_offset_delta + 1, h.base_offset, h.max_timestamp, h)

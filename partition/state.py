@@ -72,8 +72,8 @@ ReadEntries = Callable[[int, int, int], Sequence[Entry]]
 
 _SNAP_HEAD = struct.Struct(">4sBqqqI")
 _SNAP_MAGIC = b"RPPS"
-_SNAP_VERSION = 1
-_SNAP_READS = (1,)
+_SNAP_VERSION = 2
+_SNAP_READS = (1, 2)  # 2: the producer table carries the log time and last-seen times
 _Q = struct.Struct(">q")
 _DATA = int(EntryKind.DATA)
 
@@ -125,7 +125,7 @@ class PartitionState:
     def __init__(self, config: PartitionConfig) -> None:
         self.config = config
         self._index = OffsetIndex(first_index=1, start_offset=0)
-        self._producers = ProducerTable(config.producer_state_keep)
+        self._producers = ProducerTable(config.producer_state_keep, config.producer_expiry_ms)
         self._applied = 0
         self._hw = 0
         self._log_start_floor = 0
@@ -249,7 +249,7 @@ class PartitionState:
             result = Appended(base, end - 1)
             if header.producer_id >= 0:
                 try:
-                    original = self._producers.check(header)
+                    original = self._producers.apply(header, base, end - 1)
                 except (OutOfOrderSequence, ProducerFenced) as e:
                     index.set_kind(entry.index, EntryKind.REJECTED)
                     self._skipped.append(entry.index)
@@ -259,8 +259,8 @@ class PartitionState:
                         index.set_kind(entry.index, EntryKind.DUPLICATE)
                         self._skipped.append(entry.index)
                         result = Duplicate(original.base_offset, original.last_offset)
-                    else:
-                        self._producers.record(header, base, end - 1)
+            else:
+                self._producers.observe(header.max_timestamp)
         self._applied = entry.index
         self._hw = end
         return result
@@ -347,8 +347,8 @@ class PartitionState:
                 (magic, version, applied),
                 "the snapshot belongs to another group or index, or another version",
             )
-        producers = ProducerTable(self.config.producer_state_keep)
-        end = producers.decode_into(data, pos + 8 * n_skipped)
+        producers = ProducerTable(self.config.producer_state_keep, self.config.producer_expiry_ms)
+        end = producers.decode_into(data, pos + 8 * n_skipped, version)
         if end != len(data):
             raise PartitionInvariantError(
                 "partition snapshot length", end, len(data), "the snapshot is damaged"

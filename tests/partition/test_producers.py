@@ -154,3 +154,85 @@ def test_against_a_naive_model(ops: list[tuple[int, int, int, int]]) -> None:
             assert got == Appended(base_offset, base_offset + n - 1)
             cur[2].append((seq, seq + n - 1, base_offset, base_offset + n - 1))
             model[pid] = (epoch, seq + n - 1, cur[2])
+
+
+DAY = 24 * 3600 * 1000
+
+
+def test_producers_expire_by_log_time_not_by_wall_clock() -> None:
+    """guards #12 defect 17: producer ids never expired, so every `replog produce` run grew
+    the table (and every snapshot) for ever. Expiry follows the batch timestamps in the log."""
+    st_, log = fresh(producer_expiry_ms=DAY), FakeLog()
+    t0 = 1_700_000_000_000
+
+    def at(pid: int, seq: int, ts: int, epoch: int = 0):
+        e = propose(st_, log, 1, make_batch(1, pid=pid, epoch=epoch, seq=seq, ts=ts))
+        return st_.apply(e)
+
+    assert isinstance(at(1, 0, t0), Appended)
+    assert isinstance(at(2, 0, t0 + DAY), Appended)  # exactly one day later: 1 still known
+    assert set(st_.producer_table()) == {1, 2}
+    assert st_.producer_table()[1].last_seen_ms == t0
+    assert isinstance(at(3, 0, t0 + DAY + 1), Appended)  # now 1 is more than a day idle
+    assert set(st_.producer_table()) == {2, 3}
+    late = at(1, 1, t0 + DAY + 2)  # producer 1 continues: it is unknown now
+    assert isinstance(late, Rejected) and isinstance(late.error, OutOfOrderSequence)
+    assert late.error.expected == 0
+    assert isinstance(at(1, 0, t0 + DAY + 3, epoch=1), Appended)  # bumped epoch, sequence 0
+    # a batch with an old timestamp does not move the log time back
+    assert isinstance(at(4, 0, t0), Appended)
+    assert st_.producer_table()[4].last_seen_ms == t0 + DAY + 3
+
+
+def test_snapshot_size_stays_bounded_for_an_unbounded_stream_of_producers() -> None:
+    """guards #12 defect 17: snapshots grew with every producer id and every skipped entry."""
+    minute = 60_000
+    st_, log = fresh(producer_expiry_ms=60 * minute), FakeLog()
+    sizes = []
+    for i in range(3_000):
+        ts = 1_700_000_000_000 + i * minute // 10  # ten new producers a minute
+        st_.apply(propose(st_, log, 1, make_batch(1, pid=i, epoch=0, seq=0, ts=ts)))
+        st_.apply(propose(st_, log, 1, make_batch(1, pid=i, epoch=0, seq=0, ts=ts)))  # retry
+        if i % 500 == 499:
+            sizes.append(len(st_.snapshot()))
+            log.compact(log.last_index + 1)  # retention (keeps the fake log small)
+            st_.on_compacted(log.first)
+    assert len(st_.producer_table()) <= 601  # one hour of producers, ten a minute
+    assert max(sizes) == sizes[-1] == sizes[1] < 601 * 60  # flat once an hour has passed
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # producer id
+            st.integers(0, 1),  # epoch
+            st.integers(0, 4),  # base sequence
+            st.integers(-5, 40),  # timestamp step (negative: an older timestamp)
+        ),
+        max_size=40,
+    ),
+    data=st.data(),
+)
+def test_replicas_applying_the_same_log_end_with_identical_snapshots(
+    ops: list[tuple[int, int, int, int]], data: st.DataObject
+) -> None:
+    """guards #12 defect 17: expiry is decided from the log alone, so a replica that applied
+    everything and one that restored a snapshot midway agree, byte for byte."""
+    leader, log = fresh(producer_expiry_ms=30), FakeLog()
+    ts = 1_000
+    for pid, epoch, seq, step in ops:
+        ts = max(0, ts + step)
+        propose(leader, log, 1, make_batch(1, pid=pid, epoch=epoch, seq=seq, ts=ts))
+    a, b = fresh(producer_expiry_ms=30), fresh(producer_expiry_ms=30)
+    k = data.draw(st.integers(0, len(log.entries)))
+    for e in log.entries[:k]:
+        a.apply(e)
+        b.apply(e)
+    c = fresh(producer_expiry_ms=30)
+    c.restore(b.snapshot(), k)
+    rest_a = [a.apply(e) for e in log.entries[k:]]
+    rest_c = [c.apply(e) for e in log.entries[k:]]
+    assert rest_a == rest_c
+    assert a.snapshot() == c.snapshot()
+    assert dict(a.producer_table()) == dict(c.producer_table())
