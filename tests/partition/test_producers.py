@@ -236,3 +236,38 @@ def test_replicas_applying_the_same_log_end_with_identical_snapshots(
     assert rest_a == rest_c
     assert a.snapshot() == c.snapshot()
     assert dict(a.producer_table()) == dict(c.producer_table())
+
+
+def test_epoch_bump_fences_delayed_copies_of_the_old_epoch() -> None:
+    """guards #12 defect 10: after OUT_OF_ORDER_SEQUENCE the client bumps its epoch and starts
+    again at sequence 0 (KIP-360); a delayed copy under the old epoch arriving after the new
+    epoch's first batch is fenced, never appended after its successor."""
+    st_, log = fresh(), FakeLog()
+    assert produce(st_, log, 2, 0, 0) == Appended(0, 1)
+    gap = produce(st_, log, 1, 0, 3)  # seq 2 was lost: the client learns OUT_OF_ORDER
+    assert isinstance(gap, Rejected) and isinstance(gap.error, OutOfOrderSequence)
+    not_zero = produce(st_, log, 1, 1, 2)  # a new epoch must start at sequence 0
+    assert isinstance(not_zero, Rejected) and isinstance(not_zero.error, OutOfOrderSequence)
+    assert (not_zero.error.expected, not_zero.error.got) == (0, 2)
+    assert st_.producer_table()[PID].epoch == 0  # a refused bump changes nothing
+    assert produce(st_, log, 1, 1, 0) == Appended(4, 4)  # re-sent under epoch 1 from 0
+    for delayed in [(1, 0, 2), (1, 0, 3), (2, 0, 0)]:  # old-epoch copies, in flight before
+        got = produce(st_, log, *delayed)
+        assert isinstance(got, Rejected) and isinstance(got.error, ProducerFenced)
+        assert (got.error.epoch, got.error.current_epoch) == (0, 1)
+    assert produce(st_, log, 1, 1, 0) == Duplicate(4, 4)  # a retry of the new first batch
+    assert produce(st_, log, 1, 1, 1) == Appended(10, 10)
+    served = st_.fetch(0, 1 << 20, log.read).batches
+    assert [read_header(b).producer_epoch for b in served] == [0, 1, 1]
+
+
+def test_old_epoch_copy_proposed_before_the_bump_was_applied_is_fenced() -> None:
+    """guards #12 defect 10: the decision is the apply-time one, so it holds when both
+    copies sit in the uncommitted tail together."""
+    st_, log = fresh(), FakeLog()
+    produce(st_, log, 1, 0, 0)
+    new = propose(st_, log, 1, make_batch(1, pid=PID, epoch=1, seq=0))
+    old = propose(st_, log, 1, make_batch(1, pid=PID, epoch=0, seq=1))
+    assert st_.apply(new) == Appended(1, 1)
+    fenced = st_.apply(old)
+    assert isinstance(fenced, Rejected) and isinstance(fenced.error, ProducerFenced)
