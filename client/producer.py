@@ -19,8 +19,10 @@ Contract:
   bytes (hence its sequence) across every retry, so the broker acknowledges a retry of a batch
   it already appended with the original offsets (``duplicate``) instead of appending it twice,
   and rejects a batch whose predecessor is missing (``OUT_OF_ORDER_SEQUENCE``) instead of
-  appending it out of order. A partition switches to a new producer id only when none of its
-  batches sealed under the old one is unacknowledged (or when it reseals all of them, below).
+  appending it out of order. The batch also carries the producer's *epoch*. A partition
+  switches to a new (producer id, epoch) - a new *session*: its sequences restart at 0 -
+  only when none of its batches sealed under the old one is unacknowledged (or when it
+  reseals all of them, below), so no batch of a newer session overtakes an older one.
   Without idempotence the broker cannot reject an overtaking batch, so each partition sends
   one batch at a time whatever ``max_in_flight`` says.
 - Recovery keeps order: when any request of a partition fails, the partition stops sending new
@@ -32,9 +34,21 @@ Contract:
   batch's record futures fail with the error. ``OUT_OF_ORDER_SEQUENCE`` for a batch behind an
   unacknowledged one is expected (its predecessor is being retried): it is just resent after
   it. For the oldest unacknowledged batch it means the broker does not know our previous batch
-  (it was lost or failed): that batch was rejected, so it and every unacknowledged batch
-  after it are resealed under a fresh producer id (sequences restart at 0) and sent again, in
-  order - without a duplicate.
+  (it was lost or failed, or the broker forgot the producer): that batch was rejected, so it
+  and every unacknowledged batch after it are resealed and sent again, in order.
+- Fencing (Kafka's KIP-360, bumped by the client, #12 defect 10): the reseal keeps the producer
+  id and bumps the epoch by one (a new id from InitProducerId only when the epoch would pass
+  32767); that partition's sequences restart at 0, in record order. The broker accepts a
+  higher epoch only at base sequence 0 and from then on answers ``PRODUCER_FENCED`` to every
+  batch of a lower epoch, so a delayed copy of a batch sent before the bump can never be
+  appended after its resealed successor (a fresh id, as before, left the old id open to such
+  a copy: a reorder or a duplicate). Other partitions drain their in-flight batches of the
+  old epoch, then restart at 0 under the new one. ``PRODUCER_FENCED`` for a request sent
+  under an older session than the producer's current one is the expected fate of a stale
+  copy: the batch is not settled by it and is (re)sent under the current session.
+  ``PRODUCER_FENCED`` for the current session means another producer took over our id: it
+  is fatal - every pending record fails with ``ProducerFenced`` and later ``send()`` calls
+  raise it.
 - No task dies silently: a sender (or one of its request tasks) that crashes fails every
   pending future of its partition, and later ``send()`` calls raise the crash.
 
@@ -57,6 +71,7 @@ from client.errors import (
     ClientClosed,
     InvalidRequest,
     OutOfOrderSequence,
+    ProducerFenced,
     ReplogError,
     RequestTimedOut,
     UnknownPartition,
@@ -68,6 +83,7 @@ from wire.batch import RecordBatchBuilder
 __all__ = ["Producer", "RecordMetadata"]
 
 _SEQUENCE_MODULUS = 1 << 31  # Kafka sequences are int32 and wrap to 0
+_MAX_EPOCH = 32767  # the epoch is an int16; past it the producer needs a new producer id
 _RECORD_OVERHEAD_BYTES = 24  # varints and attributes of one record, an upper bound for sizing
 
 
@@ -92,6 +108,7 @@ class _Batch:
         "futures",
         "last_error",
         "payload",
+        "producer_epoch",
         "producer_id",
         "size_bytes",
     )
@@ -105,6 +122,7 @@ class _Batch:
         self.done: asyncio.Future[None] = loop.create_future()
         self.payload: bytes | None = None
         self.producer_id = -1
+        self.producer_epoch = -1
         self.base_sequence = -1
         self.size_bytes = 0  # bytes charged against buffer_bytes
         self.attempts = 0  # failed Produce attempts (the back-off exponent)
@@ -220,6 +238,7 @@ class Producer:
         self._closing = False
         self._closed = False
         self._fatal: BaseException | None = None
+        self._fenced: ProducerFenced | None = None  # another producer took over our id
 
     async def __aenter__(self) -> Producer:
         return self
@@ -235,6 +254,10 @@ class Producer:
     @property
     def producer_id(self) -> int:
         return self._producer_id
+
+    @property
+    def producer_epoch(self) -> int:
+        return self._producer_epoch
 
     # ------------------------------------------------------------------ send
 
@@ -415,6 +438,8 @@ class Producer:
         while True:
             if state.crash is not None:
                 raise state.crash
+            if self._fenced is not None:
+                raise self._fenced
             while window and window[0].done.done():
                 window.popleft()
             if state.recovering:
@@ -462,8 +487,8 @@ class Producer:
         return None, wait_s
 
     def _must_drain(self, state: _Partition) -> bool:
-        """A new producer id is due: its batches may not overtake the old id's, so the partition
-        waits until none of those is unacknowledged."""
+        """A new session (producer id or epoch) is due: its batches may not overtake the old
+        session's, so the partition waits until none of those is unacknowledged."""
         if not self.config.idempotence or not state.window:
             return False
         return self._producer_id < 0 or state.pid_generation != self._pid_generation
@@ -509,6 +534,7 @@ class Producer:
         self, state: _Partition, batch: _Batch, address: str, timeout_s: float
     ) -> None:
         """One pipelined attempt. A failure only marks the partition for recovery."""
+        sent_as = (batch.producer_id, batch.producer_epoch)
         try:
             try:
                 response = await self._produce_once(state, batch, address, timeout_s)
@@ -516,7 +542,9 @@ class Producer:
                 batch.last_error = error
                 batch.attempts += 1
                 state.recovering = True
-                if error.retriable:
+                if isinstance(error, ProducerFenced):
+                    self._on_fenced(state, batch, sent_as, error)
+                elif error.retriable:
                     await self._conn.on_retriable_error(error, [state.key[0]], key=state.key)
                 else:
                     self._fail(batch, error)
@@ -572,13 +600,17 @@ class Producer:
         loop = asyncio.get_running_loop()
         deadline_loop = batch.created_s + self._delivery_s
         while True:
+            if self._fenced is not None:
+                raise self._fenced
             remaining_s = deadline_loop - loop.time()
             deadline = now_s() + max(0.0, remaining_s)
+            sent_as = (batch.producer_id, batch.producer_epoch)
             try:
                 if remaining_s <= 0:
                     raise _DeliveryTimeout()
                 if batch.payload is None and not await self._seal(state, batch, deadline):
-                    raise AssertionError("a batch sealed under an old producer id is pending")
+                    raise AssertionError("a batch sealed under an old session is pending")
+                sent_as = (batch.producer_id, batch.producer_epoch)
                 address = await self._conn.leader_address(topic, partition, deadline=deadline)
                 response = await self._produce_once(
                     state, batch, address, max(0.001, min(self._request_timeout_s, remaining_s))
@@ -588,16 +620,20 @@ class Producer:
                 return
             except ReplogError as error:
                 batch.last_error = error
-                if isinstance(error, OutOfOrderSequence) and batch.producer_id >= 0:
+                if isinstance(error, ProducerFenced):
+                    if not self._on_fenced(state, batch, sent_as, error):
+                        return  # fatal: the batch failed; the pump stops the partition
+                elif isinstance(error, OutOfOrderSequence) and batch.producer_id >= 0:
                     # Nothing before this batch is unacknowledged, so the broker does not know
                     # our previous batch in this partition: it rejected (did not append) this
-                    # one and cannot have appended any later one. Restart the sequences under a
-                    # new id and reseal them all; this loop sends them in order.
-                    await self._reset_producer_id(batch.producer_id)
-                    for pending in state.window:
-                        if not pending.done.done():
-                            pending.payload = None
-                if not error.retriable or loop.time() >= deadline_loop:
+                    # one and cannot have appended any later one. Bump the epoch (which fences
+                    # every copy still travelling under the old one), restart the sequences at
+                    # 0 and reseal them all; this loop sends them in order.
+                    await self._bump_epoch(batch.producer_id, batch.producer_epoch)
+                    self._unseal_pending(state)
+                if not (error.retriable or isinstance(error, ProducerFenced)) or (
+                    loop.time() >= deadline_loop
+                ):
                     self._fail(batch, error)
                     return
                 await self._conn.on_retriable_error(error, [topic], key=state.key)
@@ -619,10 +655,10 @@ class Producer:
         self._release(batch)
 
     async def _seal(self, state: _Partition, batch: _Batch, deadline: float) -> bool:
-        """Give the batch its producer id and sequence and encode it (once per producer id).
+        """Give the batch its producer id, epoch and sequence and encode it (once per session).
 
-        False (nothing sealed) if the id changed while batches sealed under the old one are
-        unacknowledged: a batch of the new id could overtake them, so it has to wait."""
+        False (nothing sealed) if the session changed while batches sealed under the old one
+        are unacknowledged: a batch of the new session could overtake them, so it waits."""
         if not self.config.idempotence:
             batch.payload = batch.builder.build()
             return True
@@ -638,6 +674,7 @@ class Producer:
             producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=sequence
         )
         batch.producer_id = producer_id
+        batch.producer_epoch = producer_epoch
         batch.base_sequence = sequence
         state.next_sequence = (sequence + batch.builder.record_count) % _SEQUENCE_MODULUS
         return True
@@ -658,11 +695,61 @@ class Producer:
                 self._pid_generation += 1
             return self._producer_id, self._producer_epoch
 
-    async def _reset_producer_id(self, stale_producer_id: int) -> None:
+    async def _bump_epoch(self, stale_producer_id: int, stale_epoch: int) -> None:
+        """Start a new session after ``(stale_producer_id, stale_epoch)``: the same id with the
+        next epoch, or a new id (InitProducerId at the next seal) when the epoch would overflow.
+        A no-op if another partition already moved past that session."""
         async with self._pid_lock:
-            if self._producer_id == stale_producer_id:
+            if (self._producer_id, self._producer_epoch) != (stale_producer_id, stale_epoch):
+                return
+            if self._producer_epoch >= _MAX_EPOCH:
                 self._producer_id = -1
                 self._producer_epoch = -1
+            else:
+                self._producer_epoch += 1
+                self._pid_generation += 1
+
+    def _unseal_pending(self, state: _Partition) -> None:
+        """Every unacknowledged batch of the partition is resealed (under the current session,
+        sequences from 0, in window order) before it is sent again."""
+        for pending in state.window:
+            if not pending.done.done():
+                pending.payload = None
+
+    def _on_fenced(
+        self,
+        state: _Partition,
+        batch: _Batch,
+        sent_as: tuple[int, int],
+        error: ProducerFenced,
+    ) -> bool:
+        """Classify a ``PRODUCER_FENCED`` answer to a request sent as ``sent_as`` (id, epoch).
+
+        A request of an older session than the current one was fenced by our own newer
+        session: that copy was not appended, and the batch stays pending (True) - resealed
+        first if its seal is itself of an old session (the partition then has nothing sealed
+        under the current one, see ``_seal``). A request of the current session was fenced by
+        another producer that took over our id: fatal (False); every pending record of every
+        partition fails with the error and later ``send()`` calls raise it."""
+        if sent_as != (self._producer_id, self._producer_epoch):
+            if (batch.producer_id, batch.producer_epoch) == sent_as:
+                self._unseal_pending(state)
+            return True
+        if self._fenced is None:
+            topic, partition = state.key
+            self._fenced = ProducerFenced(
+                f"producer id {sent_as[0]} epoch {sent_as[1]} was fenced on {topic}/"
+                f"{partition}: another producer with this id and a newer epoch wrote there, "
+                f"so this producer can no longer send (unacknowledged records are failed)",
+                hint="create a new Producer (it gets a new producer id)",
+                fields=error.fields,
+            )
+            self._fatal = self._fenced
+        self._fail(batch, self._fenced)
+        for other in self._partitions.values():
+            other.wakeup.set()
+        self._space.set()
+        return False
 
     def _on_sender_done(self, state: _Partition, task: asyncio.Task[None]) -> None:
         for request in list(state.requests):

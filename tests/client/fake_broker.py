@@ -12,11 +12,18 @@ runs for real, but everything behind it is a dictionary:
 - faults: ``inject(method, code, ...)`` fails the next calls (optionally *after* appending, as
   when an acknowledgement is lost), ``move_leader`` moves a partition's leadership (and ends
   open fetch streams with NOT_LEADER), ``break_fetch_streams`` ends them with a bare
-  UNAVAILABLE, ``forget_producers`` drops producer state (as a broker that lost it);
+  UNAVAILABLE, clearing ``partition(...).producers`` drops producer state (as a broker that
+  lost it);
   a Produce fault may target one batch (``sequence=``) and may hold its acknowledgement until
   the partition's next append (``delay_ack=True``: acknowledgements arrive out of order);
-- like the real broker, a duplicate of any of the producer's last ``RECENT_BATCHES`` batches
-  is answered with the original offsets (``duplicate=true``);
+- like the real broker (partition/producers.py), a duplicate of any of the producer's last
+  ``RECENT_BATCHES`` batches is answered with the original offsets (``duplicate=true``), a
+  higher epoch starts a session at base sequence 0 and a lower one is ``PRODUCER_FENCED``;
+  ``produce_requests`` keeps every batch a leader received, and ``deliver_late`` hands one to
+  the decision again, as a delayed network copy arriving now;
+- ``InProcessCluster`` serves the same nodes through a ``stub_factory`` on the caller's event
+  loop: no thread, no socket, no grpc channel (what the system simulation does with the real
+  broker);
 - ``produce_barrier(topic, n)`` holds the next ``n`` Produce requests of a topic until all
   ``n`` have arrived, then processes them in arrival order; ``max_concurrent_produce`` records
   the most Produce requests ever in progress at once per (topic, partition).
@@ -164,6 +171,7 @@ class FakeCluster:
         self.topics: dict[str, FakeTopic] = {}
         self.faults: list[Fault] = []
         self.next_producer_id = 1000
+        self.initial_producer_epoch = 0  # what InitProducerId hands out with a new id
         self.calls: list[tuple[int, str]] = []  # (node, method) of every call
         self.produce_outcomes: list[tuple[int, int, int, str]] = []  # (node, pid, seq, outcome)
         self.produce_requests: list[tuple[str, int, bytes]] = []  # every batch a leader received
@@ -661,7 +669,9 @@ class FakeNode(pb_grpc.ReplogServicer):
         def init() -> pb.InitProducerIdResponse:
             self._enter("InitProducerId")
             c.next_producer_id += 1
-            return pb.InitProducerIdResponse(producer_id=c.next_producer_id, producer_epoch=0)
+            return pb.InitProducerIdResponse(
+                producer_id=c.next_producer_id, producer_epoch=c.initial_producer_epoch
+            )
 
         return await self._unary(context, init)
 

@@ -147,7 +147,7 @@ def test_delivery_timeout_fails_the_futures_with_the_last_error(fake: FakeBroker
 
 def test_sequence_gap_is_recovered_without_duplicates(fake: FakeBroker) -> None:
     """A broker that lost our producer state answers OUT_OF_ORDER_SEQUENCE: the rejected batch
-    is resent under a new producer id, once."""
+    is resent once, under the same producer id with the next epoch (#12 defect 10)."""
     topic = unique()
     fake.create_topic(topic, partitions=1)
 
@@ -155,10 +155,11 @@ def test_sequence_gap_is_recovered_without_duplicates(fake: FakeBroker) -> None:
         async with Producer(fake.bootstrap, FAST) as producer:
             await producer.send_and_wait(topic, b"a")
             first_id = producer.producer_id
+            assert producer.producer_epoch == 0
             fake.run(lambda c: c.partition(topic, 0).producers.clear())
             await producer.send_and_wait(topic, b"b")
             await producer.send_and_wait(topic, b"c")
-            assert producer.producer_id != first_id
+            assert (producer.producer_id, producer.producer_epoch) == (first_id, 1)
 
     arun(scenario())
     assert values(fake, topic, 0) == [b"a", b"b", b"c"]
@@ -497,7 +498,8 @@ def test_out_of_order_sequence_for_the_oldest_batch_resets_and_reseals_in_order(
     fake: FakeBroker,
 ) -> None:
     """The broker loses the producer's state mid-pipeline: the oldest unacknowledged batch gets
-    OUT_OF_ORDER_SEQUENCE, so it and everything after it are resealed under a new id, once."""
+    OUT_OF_ORDER_SEQUENCE, so it and everything after it are resealed once, under the same id
+    and the next epoch, sequences from 0 (#12 defect 10)."""
     topic = unique("pipe")
     fake.create_topic(topic, partitions=1)
 
@@ -512,9 +514,10 @@ def test_out_of_order_sequence_for_the_oldest_batch_resets_and_reseals_in_order(
             return [*first, *[f.result() for f in futures]], first_id, producer.producer_id
 
     metas, first_id, second_id = arun(scenario())
-    assert second_id != first_id
+    assert second_id == first_id
     _assert_exactly_once_in_order(fake, topic, metas, 12)
-    assert [o[2] for o in _outcomes(fake, second_id) if o[3] == "appended"] == list(range(10))
+    appended = [o[2] for o in _outcomes(fake, first_id) if o[3] == "appended"]
+    assert appended == [0, 1, *range(10)]  # epoch 0: sequences 0, 1; epoch 1: from 0 again
 
 
 def test_acknowledgements_out_of_order_resolve_the_right_futures(fake: FakeBroker) -> None:
