@@ -20,18 +20,23 @@ from partition.header import EntryKind
 from partition.producers import BatchMetadata, ProducerEntry
 from partition.retention import retention_cut
 from partition.state import (
+    Admission,
     AlreadyApplied,
+    Append,
     Appended,
     ApplyResult,
     Control,
     Duplicate,
+    DuplicateOf,
     FetchResult,
     PartitionState,
     Rejected,
 )
 
 __all__ = [
+    "Admission",
     "AlreadyApplied",
+    "Append",
     "Appended",
     "ApplyResult",
     "BatchMetadata",
@@ -39,6 +44,7 @@ __all__ = [
     "ConfigError",
     "Control",
     "Duplicate",
+    "DuplicateOf",
     "EntryKind",
     "FetchResult",
     "InvalidBatch",

@@ -52,17 +52,21 @@ from partition.errors import (
 )
 from partition.header import EntryKind, describe_entry, entry_header
 from partition.offset_index import OffsetIndex
-from partition.producers import ProducerEntry, ProducerTable
+from partition.producers import BatchMetadata, ProducerEntry, ProducerTable
 from partition.retention import retention_cut as _retention_cut
+from partition.tail import ProducerTail
 from raft.types import Entry
 from wire.batch import BatchHeader, validate, with_base_offset
 
 __all__ = [
+    "Admission",
     "AlreadyApplied",
+    "Append",
     "Appended",
     "ApplyResult",
     "Control",
     "Duplicate",
+    "DuplicateOf",
     "FetchResult",
     "PartitionState",
     "Rejected",
@@ -114,6 +118,33 @@ ApplyResult = Appended | Duplicate | Rejected | Control | AlreadyApplied
 
 
 @dataclass(frozen=True, slots=True)
+class Append:
+    """Leader decision: propose ``data`` (the batch stamped with its final offsets), then
+    report the entry through ``on_log_append`` before the next ``admit``."""
+
+    data: bytes
+    base_offset: int
+    last_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateOf:
+    """Leader decision: do not propose; the batch repeats one already in the log at
+    [base_offset, last_offset]. ``pending_index`` is 0 when that batch is applied (answer
+    now); otherwise it is the original's Raft index, written in ``pending_term``: answer once
+    that index is applied with that term (if another term's entry is applied there instead,
+    the original is gone: answer NOT_LEADER, the client retries)."""
+
+    base_offset: int
+    last_offset: int
+    pending_index: int = 0
+    pending_term: int = 0
+
+
+Admission = Append | DuplicateOf | Rejected
+
+
+@dataclass(frozen=True, slots=True)
 class FetchResult:
     batches: list[bytes]
     next_offset: int
@@ -131,6 +162,7 @@ class PartitionState:
         self._log_start_floor = 0
         self._skipped: list[int] = []  # applied indexes that are DUPLICATE / REJECTED, sorted
         self._snapshot_index = 0  # entries <= this are covered by a snapshot (or compacted)
+        self._tail = ProducerTail(self._producers, 0)
 
     # --- read-only facts -----------------------------------------------------------------
 
@@ -172,6 +204,39 @@ class PartitionState:
         base = self._index.end_offset
         return with_base_offset(batch, base), base, base + header.last_offset_delta
 
+    def admit(self, batch: bytes) -> Admission:
+        """The leader's decision for a produced batch, before proposing it (#12 defect 8):
+        validate it, then decide idempotence against the producer state *including the
+        appended-but-unapplied tail*: ``Append`` (propose ``data``, stamped with its final
+        offsets), ``DuplicateOf`` (the original's offsets; do not propose) or ``Rejected``
+        (OutOfOrderSequence / ProducerFenced; do not propose). Raises InvalidBatch /
+        BatchTooLarge for a malformed batch. Records nothing: the runtime proposes
+        ``Append.data`` and reports the entry through ``on_log_append`` before the next call.
+
+        Apply decides again and is the authority; both agree whenever the entries before
+        this one are committed as they are now (tests/partition/test_admit.py)."""
+        limit = self.config.max_batch_bytes
+        if len(batch) > limit:
+            raise BatchTooLarge(len(batch), limit)
+        header = validate(batch, max_bytes=limit)
+        if header.producer_id >= 0:
+            try:
+                original = self._tail.decide(header, self._producers, self._index.last_index)
+            except (OutOfOrderSequence, ProducerFenced) as e:
+                return Rejected(e)
+            if original is not None:
+                return self._duplicate_of(original)
+        base = self._index.end_offset
+        return Append(with_base_offset(batch, base), base, base + header.last_offset_delta)
+
+    def _duplicate_of(self, original: BatchMetadata) -> DuplicateOf:
+        if original.base_offset < self._hw:
+            return DuplicateOf(original.base_offset, original.last_offset)
+        index = self._index.locate(original.base_offset)
+        return DuplicateOf(
+            original.base_offset, original.last_offset, index, self._index.term_of(index)
+        )
+
     def precheck_producer(self, header: BatchHeader) -> None:
         """Refuse a fenced producer epoch before proposing (sequence gaps are not checked:
         batches still in flight may fill them; apply decides)."""
@@ -202,6 +267,7 @@ class PartitionState:
                         "the Raft core overwrote a committed entry (a Raft safety bug)",
                     )
                 index.truncate_from(e.index)
+                self._tail.on_truncate(e.index, self._producers, self._applied)
             elif pos > len(index):
                 raise PartitionInvariantError(
                     "gap in the reported log",
@@ -220,6 +286,8 @@ class PartitionState:
                     "replica's log diverged",
                 )
             index.append(e.index, e.term, meta.span, meta.kind, meta.max_timestamp_ms)
+            if meta.header is not None and e.index > self._applied:
+                self._tail.on_append(e.index, meta.header, base, base + meta.span - 1)
 
     # --- apply -----------------------------------------------------------------------------
 
@@ -242,6 +310,7 @@ class PartitionState:
         base = index.base_of(entry.index)
         end = index.end_of(entry.index)
         result: ApplyResult
+        header: BatchHeader | None = None
         if index.kind_of(entry.index) == EntryKind.CONTROL:
             result = Control(base)
         else:
@@ -261,6 +330,7 @@ class PartitionState:
                         result = Duplicate(original.base_offset, original.last_offset)
             else:
                 self._producers.observe(header.max_timestamp)
+        self._tail.on_applied(entry.index, header, self._producers)
         self._applied = entry.index
         self._hw = end
         return result
@@ -361,6 +431,7 @@ class PartitionState:
         self._hw = hw
         self._log_start_floor = hw
         self._skipped = []
+        self._tail = ProducerTail(producers, snapshot_index)
 
     def on_compacted(self, first_kept_index: int) -> None:
         """The Raft log now starts at ``first_kept_index``; offsets before it are gone."""
