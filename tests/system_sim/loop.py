@@ -6,7 +6,10 @@ API
   whose ``time()`` is virtual (starts at 0.0) and which never sleeps. When nothing is ready it
   jumps the virtual clock to the next timer. Attributes: ``steps`` (loop iterations so far),
   ``virtual_time`` (same as ``time()``), ``max_virtual_s``/``max_steps`` (budgets; ``None`` =
-  unbounded; may be changed while running).
+  unbounded; may be changed while running). ``tasks_in_creation_order()`` lists unfinished
+  tasks oldest first (``asyncio.all_tasks()`` is a set: iterating it, e.g. to cancel a
+  crashed node's tasks, is NOT deterministic); ``task_seq(task)`` is a task's creation number.
+  The loop installs its own task factory for this: do not replace it.
 - ``run(main_coro_factory, *, max_virtual_s, max_steps, stats=None, debug=False) -> result``:
   creates a loop, runs ``main_coro_factory()`` to completion, cancels the tasks left behind,
   closes the loop and returns the coroutine's result. ``stats`` (a dict) receives ``steps``
@@ -44,7 +47,9 @@ through the executor seam), real I/O, signal handlers, subprocesses. Blocking ca
 from __future__ import annotations
 
 import asyncio
+import itertools
 import selectors
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -190,6 +195,31 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         selector._loop = self
         selector.accept_registrations = False
         self._clock_resolution = _CLOCK_RESOLUTION_S
+        # creation order of every task: asyncio.all_tasks() is a set (iteration order follows
+        # object addresses), so anything that walks tasks must sort by this to stay deterministic
+        self._task_seq: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._next_task_seq = itertools.count()
+        self.set_task_factory(self._make_task)
+
+    def _make_task(
+        self, loop: asyncio.AbstractEventLoop, coro: Any, context: Any = None, **kwargs: Any
+    ) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context, **kwargs)
+        self._task_seq[task] = next(self._next_task_seq)
+        return task
+
+    def task_seq(self, task: asyncio.Task[Any]) -> int:
+        """The task's creation number on this loop (-1 for a task made elsewhere)."""
+        return self._task_seq.get(task, -1)
+
+    def tasks_in_creation_order(self) -> list[asyncio.Task[Any]]:
+        """Unfinished tasks, oldest first: use this, never ``asyncio.all_tasks()`` (a set), to
+        cancel a crashed node's tasks deterministically."""
+        tasks = [t for t in asyncio.all_tasks(self) if not t.done()]
+        tasks.sort(key=self.task_seq)
+        return tasks
 
     # ------------------------------------------------------------------ the clock
 
@@ -230,9 +260,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super()._run_once()  # type: ignore[misc]
 
     def describe_tasks(self, limit: int = 40) -> str:
-        """One line per unfinished task (sorted, so the text itself is deterministic)."""
+        """One line per unfinished task, oldest first."""
         lines = []
-        for task in asyncio.all_tasks(self):
+        for task in self.tasks_in_creation_order():
             frames = task.get_stack(limit=1)
             where = (
                 f"{frames[0].f_code.co_filename}:{frames[0].f_lineno} {frames[0].f_code.co_name}"
@@ -240,7 +270,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                 else "?"
             )
             lines.append(f"  {task.get_name()}: {task.get_coro()!r} at {where}")
-        lines.sort()
         if len(lines) > limit:
             lines = [*lines[:limit], f"  ... and {len(lines) - limit} more"]
         return "\n".join(lines) or "  (no tasks)"
@@ -283,7 +312,7 @@ _CLEANUP_VIRTUAL_S = 3600.0
 def _cancel_leftovers(loop: VirtualTimeLoop) -> None:
     loop.max_steps = loop.steps + _CLEANUP_STEPS
     loop.max_virtual_s = loop.virtual_time + _CLEANUP_VIRTUAL_S
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    tasks = loop.tasks_in_creation_order()
     if tasks:
         for task in tasks:
             task.cancel()

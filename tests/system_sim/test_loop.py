@@ -264,3 +264,18 @@ def test_loop_can_be_driven_directly() -> None:
         assert loop.steps > 0
     finally:
         loop.close()
+
+
+def test_tasks_in_creation_order() -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        names = [f"t{i}" for i in range(50)]
+        tasks = [asyncio.create_task(asyncio.sleep(10), name=n) for n in names]
+        ordered = [t.get_name() for t in loop.tasks_in_creation_order() if t in tasks]
+        for t in tasks:
+            t.cancel()
+        return ordered
+
+    names = run(main, max_virtual_s=100)
+    assert names == [f"t{i}" for i in range(50)]
