@@ -339,12 +339,20 @@ class PartitionState:
 
     def fetch(self, offset: int, max_bytes: int, read: ReadEntries) -> FetchResult:
         """Applied, live batches from the one containing ``offset``, up to ``max_bytes``
-        (at least one batch). ``offset == high_watermark`` gives an empty result."""
+        (at least one batch).
+
+        An offset at or above the high watermark but not past the log end offset gives an
+        empty result with ``next_offset == offset``: the consumer waits and asks again, as
+        Kafka answers. The leader may have appended but not committed it yet, and a new
+        leader's high watermark can trail its predecessor's until its no-op commits (#12
+        defect 7); answering OFFSET_OUT_OF_RANGE there made consumers reset and skip
+        records. Only offsets below the log start or past the log end are out of range
+        (the error's ``end`` is the high watermark, where "latest" seeks to)."""
         start, hw = self.log_start_offset, self._hw
-        if offset < start or offset > hw:
+        if offset < start or offset > max(hw, self._index.end_offset):
             raise OffsetOutOfRange(offset, start, hw)
-        if offset == hw:
-            return FetchResult([], hw, hw, start)
+        if offset >= hw:
+            return FetchResult([], offset, hw, start)
         index = self._index
         i = index.locate(offset)
         last = self._applied

@@ -256,8 +256,9 @@ def test_fetch_serves_only_applied_entries() -> None:
     assert leader.high_watermark == 2 and leader.next_offset() == 6
     res = leader.fetch(0, 1 << 20, log.read)
     assert res.batches == [log.entries[0].data] and res.next_offset == 2
+    assert leader.fetch(3, 100, log.read).batches == []  # in the tail: not served yet
     with pytest.raises(OffsetOutOfRange):
-        leader.fetch(3, 100, log.read)
+        leader.fetch(7, 100, log.read)
     assert leader.index_for_offset(5) == 3  # the tail is indexed, just not served
 
 
@@ -296,3 +297,24 @@ def test_conf_helper_is_control() -> None:
     st_ = fresh()
     assert st_.apply(conf(1, 1)) == Control(0)
     assert st_.high_watermark == 1
+
+
+def test_fetch_between_high_watermark_and_log_end_is_empty_not_out_of_range() -> None:
+    """guards #12 defect 7: a new leader's high watermark can trail its predecessor's; a
+    consumer at the old high watermark got OFFSET_OUT_OF_RANGE, reset to latest and skipped
+    records. Kafka answers empty there; only offsets past the log end are out of range."""
+    st_, log = fresh(), FakeLog()
+    propose_control(st_, log, 1)  # offset 0
+    propose(st_, log, 1, make_batch(3))  # offsets 1..3
+    propose(st_, log, 1, make_batch(2))  # offsets 4..5
+    st_.apply(log.entries[0])
+    st_.apply(log.entries[1])
+    assert (st_.high_watermark, st_.next_offset()) == (4, 6)
+    for offset in (4, 5, 6):  # appended, not committed yet / the log end
+        got = st_.fetch(offset, 1 << 20, log.read)
+        assert (got.batches, got.next_offset, got.high_watermark) == ([], offset, 4)
+    with pytest.raises(OffsetOutOfRange) as info:
+        st_.fetch(7, 1 << 20, log.read)
+    assert (info.value.requested, info.value.start, info.value.end) == (7, 0, 4)
+    st_.apply(log.entries[2])
+    assert st_.fetch(4, 1 << 20, log.read).batches == [log.entries[2].data]
