@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from raft.config import RaftConfig
+
 __all__ = [
     "ConfigError",
     "NodeConfig",
@@ -271,45 +273,68 @@ class NodeConfig:
         return self.peer_addresses.get(peer_id, advertised)
 
 
+# One Raft config source (#12): the [raft] section's defaults ARE raft.config.RaftConfig's, so a
+# group the broker builds and a group a test builds with RaftConfig(node_id=...) behave alike.
+_RAFT_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(RaftConfig) if f.default is not _REQUIRED
+}
+
+
+def _raft(name: str, doc: str) -> Any:
+    """A [raft] field whose default comes from RaftConfig."""
+    return _f(_RAFT_DEFAULTS[name], doc)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RaftSection:
-    """Section [raft]: timing and flow control shared by every Raft group on this broker."""
+    """Section [raft]: timing and flow control shared by every Raft group on this broker.
+
+    Every field but ``tick_ms`` and ``quiesce`` (which belong to the runtime) is a field of
+    ``raft.config.RaftConfig`` with RaftConfig's default; ``to_raft_config`` builds one."""
 
     tick_ms: int = _f(
         100,
         "Milliseconds per Raft tick; every other Raft duration is counted in ticks. Shorter "
         "reacts faster to failures but costs more timer work and false elections on slow links.",
     )
-    election_ticks: int = _f(
-        5,
+    election_ticks: int = _raft(
+        "election_ticks",
         "Election timeout in ticks; each node randomizes it in [election_ticks, "
         "2*election_ticks). Lower fails over faster; too low for the network's latency causes "
         "needless elections. Must exceed heartbeat_ticks.",
     )
-    heartbeat_ticks: int = _f(
-        1, "Ticks between leader heartbeats (coalesced per peer). Must be < election_ticks."
+    heartbeat_ticks: int = _raft(
+        "heartbeat_ticks",
+        "Ticks between leader heartbeats (coalesced per peer). Must be < election_ticks.",
     )
-    max_size_per_msg: int = _f(
-        1 * MiB,
+    max_size_per_msg: int = _raft(
+        "max_size_per_msg",
         "Bytes of entries in one append message to one follower. Larger catches followers up "
         "faster; smaller keeps latency of other groups' messages on the same stream low.",
     )
-    max_inflight_msgs: int = _f(
-        256,
+    max_inflight_msgs: int = _raft(
+        "max_inflight_msgs",
         "Append messages in flight to one follower before waiting for acknowledgements "
         "(pipelining window). Larger hides more latency and uses more memory.",
     )
-    max_inflight_bytes: int = _f(
-        32 * MiB,
-        "Bytes in flight to one follower per group; caps memory when a follower is slow.",
+    max_inflight_bytes: int = _raft(
+        "max_inflight_bytes",
+        "Bytes in flight to one follower per group; caps memory when a follower is slow. "
+        "A follower catching up receives this much per group in one turn; the transport "
+        "splits it into batches of server.max_peer_batch_bytes.",
     )
-    pre_vote: bool = _f(
-        True,
+    max_uncommitted_bytes: int = _raft(
+        "max_uncommitted_bytes",
+        "Uncommitted entry bytes a leader accepts per group before it drops proposals "
+        "(producers see a retriable error); bounds memory when followers cannot keep up.",
+    )
+    pre_vote: bool = _raft(
+        "pre_vote",
         "PreVote (thesis 9.6): a node checks it could win before disrupting the term, so a "
         "partitioned node rejoining does not depose a healthy leader. Leave on.",
     )
-    check_quorum: bool = _f(
-        True,
+    check_quorum: bool = _raft(
+        "check_quorum",
         "CheckQuorum (thesis 6.2): a leader that has not heard from a quorum within an "
         "election timeout steps down, so a minority leader stops serving. Leave on.",
     )
@@ -334,6 +359,22 @@ class RaftSection:
         _at_least("raft.max_size_per_msg", self.max_size_per_msg, 1)
         _at_least("raft.max_inflight_msgs", self.max_inflight_msgs, 1)
         _at_least("raft.max_inflight_bytes", self.max_inflight_bytes, 1)
+        _at_least("raft.max_uncommitted_bytes", self.max_uncommitted_bytes, 1)
+
+    def to_raft_config(self, node_id: int, priority: int = 0) -> RaftConfig:
+        """The ``RaftConfig`` of one group member on this broker."""
+        return RaftConfig(
+            node_id=node_id,
+            election_ticks=self.election_ticks,
+            heartbeat_ticks=self.heartbeat_ticks,
+            max_size_per_msg=self.max_size_per_msg,
+            max_inflight_msgs=self.max_inflight_msgs,
+            max_inflight_bytes=self.max_inflight_bytes,
+            max_uncommitted_bytes=self.max_uncommitted_bytes,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            priority=priority,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -418,6 +459,43 @@ class ServerSection:
         "Raft messages queued per peer; beyond it messages are dropped and every group is told "
         "the peer is unreachable (it probes again later). Bounds memory when a peer is down.",
     )
+    outbox_max_bytes: int = _f(
+        128 * MiB,
+        "Bytes of Raft messages queued per peer; beyond it batches are dropped and their groups "
+        "told the peer is unreachable, like outbox_max_messages. Must hold at least one peer "
+        "batch; a snapshot larger than this cannot be sent.",
+    )
+    max_peer_batch_bytes: int = _f(
+        0,
+        "Largest batch of Raft messages sent to a peer in one write, in bytes: a turn's messages "
+        "for a peer are split into batches of at most this size (one message larger than that "
+        "travels alone). 0 = a quarter of grpc_max_message_bytes, at most 16 MiB (16 MiB with "
+        "the defaults). At most grpc_max_message_bytes. Larger batches mean fewer writes; "
+        "smaller ones keep other groups' heartbeats and votes from queueing behind a catch-up.",
+    )
+    snapshot_chunk_bytes: int = _f(
+        0,
+        "A Raft snapshot whose data is larger than this travels in chunks of this size, "
+        "reassembled by the receiver. 0 = a quarter of max_peer_batch_bytes (4 MiB with the "
+        "defaults). At most half of max_peer_batch_bytes.",
+    )
+    snapshot_reassembly_max_bytes: int = _f(
+        512 * MiB,
+        "Bytes of snapshot chunks this broker buffers while reassembling snapshots from all "
+        "peers; beyond it a snapshot is dropped (its leader sends it again later). Must be at "
+        "least snapshot_chunk_bytes; bounds the largest snapshot this broker can receive.",
+    )
+    max_fetch_streams: int = _f(
+        1_000,
+        "Fetch streams served at once by this broker; one more is refused with the retriable "
+        "TOO_MANY_FETCH_STREAMS error. Every record appended wakes every stream waiting on its "
+        "partition, on the loop that also drives Raft, so this bounds that work.",
+    )
+    max_fetch_streams_per_client: int = _f(
+        100,
+        "Fetch streams served at once for one client connection (gRPC peer address); one more "
+        "is refused with TOO_MANY_FETCH_STREAMS. At most max_fetch_streams.",
+    )
     reconnect_backoff_ms: int = _f(
         50, "First delay before redialing a lost peer, in ms; doubles up to the maximum."
     )
@@ -458,6 +536,45 @@ class ServerSection:
             )
         _at_least("server.shutdown_transfer_timeout_ms", self.shutdown_transfer_timeout_ms, 0)
         _at_least("server.grpc_max_message_bytes", self.grpc_max_message_bytes, 64 * KiB)
+        if self.max_peer_batch_bytes == 0:
+            object.__setattr__(
+                self, "max_peer_batch_bytes", min(16 * MiB, self.grpc_max_message_bytes // 4)
+            )
+        if not 4 * KiB <= self.max_peer_batch_bytes <= self.grpc_max_message_bytes:
+            raise ConfigError(
+                "server.max_peer_batch_bytes",
+                self.max_peer_batch_bytes,
+                f"must be 0 (auto) or in [4096, {self.grpc_max_message_bytes}] "
+                "(server.grpc_max_message_bytes)",
+            )
+        if self.snapshot_chunk_bytes == 0:
+            object.__setattr__(self, "snapshot_chunk_bytes", self.max_peer_batch_bytes // 4)
+        if not 1 <= self.snapshot_chunk_bytes <= self.max_peer_batch_bytes // 2:
+            raise ConfigError(
+                "server.snapshot_chunk_bytes",
+                self.snapshot_chunk_bytes,
+                f"must be 0 (auto) or in [1, {self.max_peer_batch_bytes // 2}] (half of "
+                "server.max_peer_batch_bytes)",
+            )
+        if self.outbox_max_bytes < self.max_peer_batch_bytes:
+            raise ConfigError(
+                "server.outbox_max_bytes",
+                self.outbox_max_bytes,
+                f"must be >= server.max_peer_batch_bytes ({self.max_peer_batch_bytes})",
+            )
+        if self.snapshot_reassembly_max_bytes < self.snapshot_chunk_bytes:
+            raise ConfigError(
+                "server.snapshot_reassembly_max_bytes",
+                self.snapshot_reassembly_max_bytes,
+                f"must be >= server.snapshot_chunk_bytes ({self.snapshot_chunk_bytes})",
+            )
+        _at_least("server.max_fetch_streams", self.max_fetch_streams, 1)
+        _in_range(
+            "server.max_fetch_streams_per_client",
+            self.max_fetch_streams_per_client,
+            1,
+            self.max_fetch_streams,
+        )
         object.__setattr__(self, "log_level", self.log_level.lower())
         _one_of("server.log_level", self.log_level, LOG_LEVELS)
 
@@ -488,6 +605,17 @@ class ServerConfig:
                 "raft.max_size_per_msg",
                 self.raft.max_size_per_msg,
                 f"must fit in server.grpc_max_message_bytes ({limit})",
+            )
+        # One append message carries up to max_size_per_msg of entries and at least one entry
+        # (a whole record batch); the transport drops a message that cannot pass the link, so
+        # one that could never pass would never replicate (#12 defect 14).
+        append_bytes = self.raft.max_size_per_msg + self.partition.max_batch_bytes
+        if append_bytes + 64 * KiB > limit:
+            raise ConfigError(
+                "server.grpc_max_message_bytes",
+                limit,
+                f"must hold one append message: raft.max_size_per_msg + "
+                f"partition.max_batch_bytes + 64 KiB = {append_bytes + 64 * KiB}",
             )
 
 

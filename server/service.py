@@ -1,16 +1,30 @@
 """gRPC services: the client API (``Replog``) and broker-to-broker (``Peer``).
 
-Owns: request validation, translating requests into broker operations and results into responses.
+Owns: request validation, translating requests into broker operations and results into responses,
+and the per-broker / per-connection limit on concurrent Fetch streams (#12 defect 20).
 Every handler converts failures with server.errors.abort_with, so a malformed request gets a typed
 error and the broker keeps serving; nothing here raises out of a handler unhandled.
+
+Seams (server/env.py): the handlers reach the world only through the broker node ``self.b``
+(``node_id``, ``cfg``, ``log``, ``metadata``, ``runtime``, ``partitions``, ``replica_for``,
+``advertised``, ``live_brokers()``, ``env``) and its ``env``: ``env.wall_clock_ms()`` for the
+timestamps they label data with, ``env.network.replog_stub(address)`` to forward a leadership
+transfer. No grpc channel, no ``time.time()``, no Raft internals (``node.status()`` only). So the
+system simulation calls these same handlers with a context object of its own, which needs exactly:
+
+- ``context.invocation_metadata()`` -> iterable of (key, value) pairs, or None;
+- ``context.peer()`` -> str naming the client connection (Fetch stream limits count per peer);
+- ``context.set_trailing_metadata(pairs)`` then ``await context.abort(code, details)``, which
+  raises (server/errors.abort_with is the one place that calls these two).
+
+No other context method is used. The Peer service's stream receive loop is a thin shell around
+server/peer_inbox.PeerInbox, which the simulation calls directly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,15 +34,18 @@ from metadata import commands as mcmd
 from metadata.errors import MetadataError
 from metadata.state import Topic
 from raft.types import Role
-from server.broker import most_caught_up_voter
-from server.codec import MalformedPeerMessage, message_from_proto
+from server.env import system_wall_clock_ms
 from server.errors import BrokerError, abort_with, invalid_request, not_leader
-from server.transport import PROTOCOL_VERSION
+from server.peer_inbox import PeerInbox
 from wire import replog_pb2 as pb
 from wire import replog_pb2_grpc as pb_grpc
 
+try:  # the lead's BrokerNode (server/node.py) replaces server/broker.py
+    from server.node import most_caught_up_voter
+except ImportError:  # pragma: no cover - until server/node.py lands
+    from server.broker import most_caught_up_voter
+
 if TYPE_CHECKING:
-    from server.broker import Broker
     from server.partition_replica import PartitionReplica
 
 MAX_FETCH_BYTES = 16 << 20
@@ -38,10 +55,7 @@ _BUG_CLASSES = frozenset(
     {"KeyError", "AttributeError", "TypeError", "AssertionError", "IndexError", "NameError"}
 )
 DEFAULT_FETCH_BYTES = 1 << 20
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+METADATA_BARRIER_TIMEOUT_S = 3.0
 
 
 def _handled(
@@ -61,23 +75,65 @@ def _handled(
 
 
 class ReplogService(pb_grpc.ReplogServicer):
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Any) -> None:
         self.b = broker
+        self.fetch_streams = 0  # open Fetch streams on this broker
+        self.fetch_streams_by_peer: dict[str, int] = {}  # ... per client connection
+
+    # ------------------------------------------------------------------ seams
+    def _wall_clock_ms(self) -> int:
+        env = getattr(self.b, "env", None)
+        return env.wall_clock_ms() if env is not None else system_wall_clock_ms()
+
+    def _live_brokers(self) -> frozenset[int]:
+        live_brokers = getattr(self.b, "live_brokers", None)
+        if live_brokers is not None:
+            return frozenset(live_brokers())
+        # server/broker.py (until the BrokerNode replaces it): liveness from the wall clock.
+        timeout_ms = self.b.cfg.server.broker_session_timeout_ms
+        return frozenset(self.b.metadata.state.live_brokers(self._wall_clock_ms(), timeout_ms))
+
+    def _replog_stub(self, address: str) -> Any:
+        env = getattr(self.b, "env", None)
+        if env is not None:
+            return env.network.replog_stub(address)
+        # server/broker.py has no Env yet: one GrpcNetwork of this service's own.
+        network = getattr(self, "_fallback_network", None)
+        if network is None:
+            from server.grpc_links import GrpcNetwork
+
+            network = self._fallback_network = GrpcNetwork.from_config(self.b.cfg)
+        return network.replog_stub(address)
 
     async def _catch_up_metadata(self) -> None:
         """Before answering that a topic does not exist, make sure this replica has applied
-        everything committed (a broker that just restarted replays its metadata log first)."""
-        with contextlib.suppress(BrokerError):
-            await self.b.metadata.barrier(timeout_s=3.0)
+        everything committed (a broker that just restarted replays its metadata log first).
+        If it cannot (no metadata leader, or the barrier timed out), this replica's state may be
+        stale, so the answer is a retriable "not caught up", never a definitive UNKNOWN_TOPIC
+        (#12 defect 11)."""
+        try:
+            await self.b.metadata.barrier(timeout_s=METADATA_BARRIER_TIMEOUT_S)
+        except BrokerError as exc:
+            raise BrokerError(
+                "LEADER_NOT_AVAILABLE",
+                "this broker's metadata is not caught up with the cluster, so it cannot tell "
+                f"whether the topic exists ({exc.message})",
+                retriable=True,
+                hint="retry after a short back-off (a metadata election or restart is in "
+                "progress), or ask another broker",
+                status=grpc.StatusCode.UNAVAILABLE,
+            ) from None
 
     async def _replica(self, topic: str, partition: int) -> PartitionReplica:
+        replica: PartitionReplica
         try:
-            return self.b.replica_for(topic, partition)
+            replica = self.b.replica_for(topic, partition)
         except MetadataError:  # UnknownTopic: maybe not known *yet* here
             await self._catch_up_metadata()
-            return self.b.replica_for(topic, partition)
+            replica = self.b.replica_for(topic, partition)
+        return replica
 
-    async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    async def _fail(self, context: Any, exc: BaseException) -> None:
         if not isinstance(exc, BrokerError) and type(exc).__name__ in _BUG_CLASSES:
             self.b.log.exception("request_failed", error=repr(exc))
         await abort_with(context, exc)
@@ -107,10 +163,43 @@ class ReplogService(pb_grpc.ReplogServicer):
             duplicate=res.duplicate,
         )
 
+    def _open_fetch_stream(self, peer: str) -> None:
+        """Count one more Fetch stream, or refuse it (#12 defect 20): every append wakes every
+        stream waiting on its partition, on the loop that also drives Raft."""
+        cfg = self.b.cfg.server
+        mine = self.fetch_streams_by_peer.get(peer, 0)
+        if mine >= cfg.max_fetch_streams_per_client:
+            raise _too_many_fetch_streams(
+                f"this client connection ({peer}) already has {mine} Fetch streams open, the "
+                f"limit per connection (server.max_fetch_streams_per_client)",
+                cfg.max_fetch_streams_per_client,
+            )
+        if self.fetch_streams >= cfg.max_fetch_streams:
+            raise _too_many_fetch_streams(
+                f"this broker already serves {self.fetch_streams} Fetch streams, its limit "
+                f"(server.max_fetch_streams)",
+                cfg.max_fetch_streams,
+            )
+        self.fetch_streams += 1
+        self.fetch_streams_by_peer[peer] = mine + 1
+
+    def _close_fetch_stream(self, peer: str) -> None:
+        self.fetch_streams -= 1
+        left = self.fetch_streams_by_peer[peer] - 1
+        if left:
+            self.fetch_streams_by_peer[peer] = left
+        else:
+            del self.fetch_streams_by_peer[peer]
+
     async def Fetch(
         self, request: pb.FetchRequest, context: Any
     ) -> AsyncIterator[pb.FetchResponse]:
+        peer = ""
+        counted = False
         try:
+            peer = str(context.peer() or "")
+            self._open_fetch_stream(peer)
+            counted = True
             if request.partition < 0:
                 raise invalid_request(
                     f"partition {request.partition} is negative", "partitions count from 0"
@@ -132,12 +221,14 @@ class ReplogService(pb_grpc.ReplogServicer):
                 )
         except Exception as exc:
             await self._fail(context, exc)
+        finally:  # the stream ended, failed (abort raises), or the client went away (cancelled)
+            if counted:
+                self._close_fetch_stream(peer)
 
     # ------------------------------------------------------------------ metadata reads
     def _broker_msgs(self) -> list[pb.Broker]:
         state = self.b.metadata.state
-        timeout = self.b.cfg.server.broker_session_timeout_ms
-        live = set(state.live_brokers(_now_ms(), timeout))
+        live = self._live_brokers()
         return [
             pb.Broker(
                 id=b.node_id, address=b.address, dc=b.dc, rack=b.rack, alive=b.node_id in live
@@ -221,15 +312,14 @@ class ReplogService(pb_grpc.ReplogServicer):
     async def CreateTopic(
         self, request: pb.CreateTopicRequest, context: Any
     ) -> pb.CreateTopicResponse:
-        state = self.b.metadata.state
-        live = tuple(state.live_brokers(_now_ms(), self.b.cfg.server.broker_session_timeout_ms))
+        live = tuple(sorted(self._live_brokers()))
         await self.b.metadata.propose(
             mcmd.CreateTopic(
                 request.name,
                 request.partitions,
                 request.replication_factor,
                 dict(request.config),
-                _now_ms(),
+                self._wall_clock_ms(),
                 live,
             )
         )
@@ -337,65 +427,58 @@ class ReplogService(pb_grpc.ReplogServicer):
     async def _forward_transfer(
         self, request: pb.TransferLeadershipRequest, address: str
     ) -> pb.TransferLeadershipResponse:
-        async with grpc.aio.insecure_channel(address) as channel:
-            try:
-                return await pb_grpc.ReplogStub(channel).TransferLeadership(
-                    request, timeout=10.0, metadata=((FORWARDED_KEY, "1"),)
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise BrokerError(
-                    "LEADER_NOT_AVAILABLE",
-                    f"forwarding the transfer to the leader at {address} failed: {exc.details()}",
-                    retriable=True,
-                    hint="retry",
-                    status=grpc.StatusCode.UNAVAILABLE,
-                ) from None
+        try:
+            response: pb.TransferLeadershipResponse = await self._replog_stub(
+                address
+            ).TransferLeadership(request, timeout=10.0, metadata=((FORWARDED_KEY, "1"),))
+            return response
+        except grpc.aio.AioRpcError as exc:
+            raise BrokerError(
+                "LEADER_NOT_AVAILABLE",
+                f"forwarding the transfer to the leader at {address} failed: {exc.details()}",
+                retriable=True,
+                hint="retry",
+                status=grpc.StatusCode.UNAVAILABLE,
+            ) from None
+
+
+def _too_many_fetch_streams(what: str, limit: int) -> BrokerError:
+    return BrokerError(
+        "TOO_MANY_FETCH_STREAMS",
+        what,
+        retriable=True,
+        hint="close Fetch streams you no longer read (consumers you are done with), spread "
+        "consumers over more connections or brokers, or raise the limit; retry after a back-off",
+        status=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        fields={"limit": str(limit)},
+    )
 
 
 class PeerService(pb_grpc.PeerServicer):
-    def __init__(self, broker: Broker) -> None:
+    """``Raft``: one client stream per directed peer link, each batch handed to the node's
+    ``PeerInbox`` (server/peer_inbox.py), which the system simulation calls directly."""
+
+    def __init__(self, broker: Any, inbox: PeerInbox | None = None) -> None:
         self.b = broker
+        if inbox is None:
+            inbox = getattr(broker, "peer_inbox", None)
+        if inbox is None:  # server/broker.py, until the BrokerNode owns the inbox
+            inbox = PeerInbox(
+                node_id=broker.node_id,
+                cluster_id=broker.cfg.node.cluster_id,
+                runtime=broker.runtime,
+                log=broker.log,
+                reassembly_max_bytes=broker.cfg.server.snapshot_reassembly_max_bytes,
+            )
+        self.inbox = inbox
 
     async def Raft(self, request_iterator: Any, context: Any) -> pb.RaftBatchAck:
-        runtime = self.b.runtime
-        cluster_id = self.b.cfg.node.cluster_id
-        loop = asyncio.get_running_loop()
         async for batch in request_iterator:
-            if batch.cluster_id != cluster_id or batch.protocol_version != PROTOCOL_VERSION:
-                self.b.log.warning(
-                    "peer_refused",
-                    from_node=batch.from_node,
-                    cluster_id=batch.cluster_id,
-                    protocol_version=batch.protocol_version,
-                )
-                await abort_with(
-                    context,
-                    BrokerError(
-                        "CLUSTER_MISMATCH",
-                        f"batch from cluster '{batch.cluster_id}' v{batch.protocol_version}; this "
-                        f"is '{cluster_id}' v{PROTOCOL_VERSION}",
-                        hint="check --voters / cluster_id of both brokers",
-                    ),
-                )
+            try:
+                self.inbox.handle_batch(batch)
+            except BrokerError as exc:  # CLUSTER_MISMATCH: refuse the whole stream
+                await abort_with(context, exc)
                 return pb.RaftBatchAck()
-            if batch.to_node != self.b.node_id:
-                self.b.log.warning("peer_misrouted", from_node=batch.from_node, to=batch.to_node)
-                continue
-            runtime.on_peer_batch(batch.from_node, loop.time())
-            for m in batch.messages:
-                try:
-                    msg = message_from_proto(m)
-                except MalformedPeerMessage as exc:
-                    self.b.log.warning("peer_message_malformed", error=str(exc))
-                    continue
-                try:
-                    runtime.step(m.group_id, msg)
-                except Exception as exc:  # a bug must not take the whole peer link down
-                    self.b.log.exception(
-                        "peer_message_failed", group_id=m.group_id, error=repr(exc)
-                    )
-            if batch.quiesced_groups:
-                runtime.on_quiesce_notice(batch.from_node, batch.quiesced_groups)
         return pb.RaftBatchAck()
 
     async def ForwardMetadata(

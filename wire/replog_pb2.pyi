@@ -316,7 +316,7 @@ class RaftSnapshot(_message.Message):
     def __init__(self, index: _Optional[int] = ..., term: _Optional[int] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RaftMessage(_message.Message):
-    __slots__ = ("group_id", "type", "to", "term", "log_term", "index", "entries", "commit", "reject", "reject_hint", "snapshot", "context")
+    __slots__ = ("group_id", "type", "to", "term", "log_term", "index", "entries", "commit", "reject", "reject_hint", "snapshot", "context", "snapshot_id", "snapshot_chunk_index", "snapshot_chunk_count")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +330,9 @@ class RaftMessage(_message.Message):
     REJECT_HINT_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     group_id: int
     type: int
     to: int
@@ -342,7 +345,10 @@ class RaftMessage(_message.Message):
     reject_hint: int
     snapshot: RaftSnapshot
     context: bytes
-    def __init__(self, group_id: _Optional[int] = ..., type: _Optional[int] = ..., to: _Optional[int] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[RaftEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., snapshot: _Optional[_Union[RaftSnapshot, _Mapping]] = ..., context: _Optional[bytes] = ..., **kwargs) -> None: ...
+    snapshot_id: int
+    snapshot_chunk_index: int
+    snapshot_chunk_count: int
+    def __init__(self, group_id: _Optional[int] = ..., type: _Optional[int] = ..., to: _Optional[int] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[RaftEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., snapshot: _Optional[_Union[RaftSnapshot, _Mapping]] = ..., context: _Optional[bytes] = ..., snapshot_id: _Optional[int] = ..., snapshot_chunk_index: _Optional[int] = ..., snapshot_chunk_count: _Optional[int] = ..., **kwargs) -> None: ...
 
 class RaftBatch(_message.Message):
     __slots__ = ("cluster_id", "protocol_version", "from_node", "to_node", "messages", "quiesced_groups")

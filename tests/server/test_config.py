@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raft.config import RaftConfig
 from server import config as cfgmod
 from server.config import (
     ConfigError,
@@ -58,11 +59,12 @@ def test_defaults_match_the_documented_values() -> None:
     assert cfg.node.peer_addresses == {}
     assert cfg.raft == RaftSection(
         tick_ms=100,
-        election_ticks=5,
+        election_ticks=10,  # raft.config.RaftConfig's (see the test below)
         heartbeat_ticks=1,
         max_size_per_msg=1 << 20,
         max_inflight_msgs=256,
         max_inflight_bytes=32 << 20,
+        max_uncommitted_bytes=64 << 20,
         pre_vote=True,
         check_quorum=True,
     )
@@ -81,7 +83,46 @@ def test_defaults_match_the_documented_values() -> None:
     assert cfg.server.outbox_max_messages == 10_000
     assert (cfg.server.reconnect_backoff_ms, cfg.server.reconnect_backoff_max_ms) == (50, 2000)
     assert cfg.server.grpc_max_message_bytes == 64 << 20
+    assert cfg.server.outbox_max_bytes == 128 << 20
+    assert cfg.server.max_peer_batch_bytes == 16 << 20
+    assert cfg.server.snapshot_chunk_bytes == 4 << 20
+    assert cfg.server.snapshot_reassembly_max_bytes == 512 << 20
+    assert cfg.server.max_fetch_streams == 1_000
+    assert cfg.server.max_fetch_streams_per_client == 100
     assert cfg.server.log_level == "info"
+
+
+def test_raft_section_defaults_are_raft_configs() -> None:
+    """One Raft config source (#12): every [raft] key that RaftConfig has defaults to
+    RaftConfig's value, and every RaftConfig knob but the per-node ones is a [raft] key."""
+    raft_fields = {f.name: f for f in dataclasses.fields(RaftConfig)}
+    section_fields = {f.name: f for f in dataclasses.fields(RaftSection)}
+    runtime_only = {"tick_ms", "quiesce"}
+    per_node = {"node_id", "priority"}
+    assert set(section_fields) - runtime_only == set(raft_fields) - per_node
+    for name in set(section_fields) - runtime_only:
+        assert section_fields[name].default == raft_fields[name].default, name
+    built = RaftSection().to_raft_config(node_id=3, priority=2)
+    assert built == RaftConfig(node_id=3, priority=2)
+
+
+def test_to_raft_config_carries_every_value() -> None:
+    section = RaftSection(
+        election_ticks=7,
+        heartbeat_ticks=2,
+        max_size_per_msg=1000,
+        max_inflight_msgs=5,
+        max_inflight_bytes=9000,
+        max_uncommitted_bytes=12345,
+        pre_vote=False,
+        check_quorum=False,
+    )
+    built = section.to_raft_config(node_id=4)
+    for f in dataclasses.fields(RaftConfig):
+        expected = {"node_id": 4, "priority": 0}.get(f.name)
+        if expected is None:
+            expected = getattr(section, f.name)
+        assert getattr(built, f.name) == expected, f.name
 
 
 def test_sections_are_frozen() -> None:
@@ -173,6 +214,8 @@ def test_string_values_are_parsed_to_the_field_type() -> None:
     )
     assert cfg.raft.pre_vote is False and cfg.raft.check_quorum is True
     assert cfg.server.grpc_max_message_bytes == 8 << 20
+    assert cfg.server.max_peer_batch_bytes == 2 << 20  # auto: a quarter of the gRPC limit
+    assert cfg.server.snapshot_chunk_bytes == 512 << 10  # auto: a quarter of that
     assert cfg.node.voters == {1: "10.0.0.1:9400", 2: "10.0.0.2:9400", 3: "10.0.0.3:9400"}
     assert cfg.node.peer_addresses == {2: "127.0.0.1:19402"}
     assert cfg.node.dial_address(2, "10.0.0.2:9400") == "127.0.0.1:19402"
@@ -241,7 +284,7 @@ def test_wrong_types_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("sets", "field", "fragment"),
     [
-        (["raft.heartbeat_ticks=5"], "raft.election_ticks", "greater than raft.heartbeat_ticks"),
+        (["raft.heartbeat_ticks=10"], "raft.election_ticks", "greater than raft.heartbeat_ticks"),
         (["raft.tick_ms=0"], "raft.tick_ms", "[1, 10000]"),
         (["raft.tick_ms=10001"], "raft.tick_ms", "[1, 10000]"),
         (["raft.max_inflight_msgs=0"], "raft.max_inflight_msgs", ">= 1"),
@@ -260,6 +303,34 @@ def test_wrong_types_are_refused(tmp_path: Path) -> None:
         (["server.grpc_max_message_bytes=1000"], "server.grpc_max_message_bytes", ">= 65536"),
         (["partition.max_batch_bytes=70000000"], "partition.max_batch_bytes", "grpc_max"),
         (["raft.max_size_per_msg=70000000"], "raft.max_size_per_msg", "grpc_max"),
+        (["raft.max_uncommitted_bytes=0"], "raft.max_uncommitted_bytes", ">= 1"),
+        (
+            ["server.max_peer_batch_bytes=70000000"],
+            "server.max_peer_batch_bytes",
+            "(server.grpc_max_message_bytes)",
+        ),
+        (
+            ["partition.max_batch_bytes=60000000", "raft.max_size_per_msg=8000000"],
+            "server.grpc_max_message_bytes",
+            "one append message",
+        ),
+        (
+            ["server.snapshot_chunk_bytes=9000000"],
+            "server.snapshot_chunk_bytes",
+            "half of server.max_peer_batch_bytes",
+        ),
+        (["server.outbox_max_bytes=1000"], "server.outbox_max_bytes", ">= server.max_peer"),
+        (
+            ["server.snapshot_reassembly_max_bytes=10"],
+            "server.snapshot_reassembly_max_bytes",
+            ">= server.snapshot_chunk_bytes",
+        ),
+        (["server.max_fetch_streams=0"], "server.max_fetch_streams", ">= 1"),
+        (
+            ["server.max_fetch_streams_per_client=1001"],
+            "server.max_fetch_streams_per_client",
+            "[1, 1000]",
+        ),
         (["node.voters=1=a:1,2=a:2"], "node.voters", "1, 3 or 5"),
         (["node.voters=0=a:1"], "node.voters", ">= 1"),
         (["node.voters=1=a"], "node.voters[1]", "HOST:PORT"),

@@ -1,0 +1,324 @@
+"""server/transport.py over a fake Network (no sockets): batching, bounds, losses, chunking."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from raft.types import (
+    ConfState,
+    Entry,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMetadata,
+)
+from server.peer_inbox import PeerInbox
+from server.transport import PeerTransport
+from tests.server.test_transport_fakes import FakeNetwork, FakeRuntime, RecordingLog
+
+MiB = 1 << 20
+BATCH_BOUND = 16 * MiB
+
+
+class Harness:
+    def __init__(self, net: FakeNetwork, **kwargs: Any) -> None:
+        self.net = net
+        self.log = RecordingLog()
+        self.unreachable: list[tuple[int, set[int]]] = []
+        self.snapshot_status: list[tuple[int, int, bool]] = []
+        params: dict[str, Any] = {
+            "node_id": 1,
+            "cluster_id": "c1",
+            "network": net,
+            "resolve_address": lambda peer: f"host{peer}:9400" if peer != 9 else None,
+            "on_unreachable": lambda peer, groups: self.unreachable.append((peer, set(groups))),
+            "on_snapshot_status": lambda peer, group, ok: self.snapshot_status.append(
+                (peer, group, ok)
+            ),
+            "outbox_max_messages": 10_000,
+            "outbox_max_bytes": 128 * MiB,
+            "max_batch_bytes": BATCH_BOUND,
+            "snapshot_chunk_bytes": 4 * MiB,
+            "backoff_ms": 1,
+            "backoff_max_ms": 4,
+            "max_message_bytes": 64 * MiB,
+            "log": self.log,
+        }
+        params.update(kwargs)
+        self.transport = PeerTransport(**params)
+
+    def unreachable_groups(self, peer: int = 2) -> set[int]:
+        return {g for p, groups in self.unreachable if p == peer for g in groups}
+
+
+def run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(body(), 60))
+
+
+def app(group_id: int, index: int, data: bytes = b"x", to: int = 2) -> Message:
+    return Message(
+        MessageType.APP,
+        to=to,
+        from_=1,
+        term=3,
+        log_term=3,
+        index=index,
+        entries=(Entry(index + 1, 3, data=data),),
+        commit=index,
+    )
+
+
+def heartbeat(to: int = 2) -> Message:
+    return Message(MessageType.HEARTBEAT, to=to, from_=1, term=3)
+
+
+def test_one_batch_per_peer_carries_every_group() -> None:
+    async def body() -> None:
+        net = FakeNetwork()
+        h = Harness(net)
+        for group_id in (10, 11, 12):
+            h.transport.enqueue(group_id, heartbeat(to=2))
+            h.transport.enqueue(group_id, heartbeat(to=3))
+        h.transport.mark_quiesced(2, 13)
+        h.transport.flush()
+        await net.until(lambda: len(net.batches(2)) == 1 and len(net.batches(3)) == 1)
+        (batch,) = net.batches(2)
+        assert [m.group_id for m in batch.messages] == [10, 11, 12]
+        assert list(batch.quiesced_groups) == [13]
+        assert (batch.cluster_id, batch.protocol_version, batch.from_node, batch.to_node) == (
+            "c1",
+            1,
+            1,
+            2,
+        )
+        assert [link.address for link in net.links] == ["host2:9400", "host3:9400"]
+        await h.transport.close()
+
+    run(body)
+
+
+def test_unknown_peer_address_reports_the_group_unreachable() -> None:
+    async def body() -> None:
+        h = Harness(FakeNetwork())
+        h.transport.enqueue(7, heartbeat(to=9))
+        assert h.unreachable == [(9, {7})]
+        await h.transport.close()
+
+    run(body)
+
+
+def test_catch_up_of_two_groups_goes_out_in_bounded_batches() -> None:
+    """guards #12 defect 14: two groups each catching up a follower with 32 MiB in one turn
+    used to be merged into one 64+ MiB RaftBatch, which gRPC refuses (RESOURCE_EXHAUSTED): every
+    message in it was lost, heartbeats of other groups included, and nobody was told."""
+
+    async def body() -> None:
+        net = FakeNetwork()  # refuses any batch over 64 MiB, as gRPC does
+        h = Harness(net)
+        entry = b"r" * (MiB - 64)
+        for index in range(32):
+            h.transport.enqueue(1, app(1, index, entry))
+            h.transport.enqueue(2, app(2, index, entry))
+        h.transport.enqueue(3, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: sum(len(b.messages) for b in net.batches()) == 65)
+        batches = net.batches()
+        assert len(batches) >= 4
+        assert all(b.ByteSize() <= BATCH_BOUND for b in batches), [b.ByteSize() for b in batches]
+        for group_id in (1, 2):
+            indexes = [m.index for b in batches for m in b.messages if m.group_id == group_id]
+            assert indexes == list(range(32))  # all of them, in order
+        assert any(m.group_id == 3 for b in batches for m in b.messages)
+        assert h.unreachable == [] and h.transport.dropped_messages == 0
+        assert len(net.links) == 1  # the link never broke
+        await h.transport.close()
+
+    run(body)
+
+
+def test_queued_batches_merge_within_the_bound() -> None:
+    """guards #12 defect 14: batches that queued up behind a slow write were merged without
+    any bound."""
+
+    async def body() -> None:
+        net = FakeNetwork()
+        gate = net.gates[2] = asyncio.Event()
+        h = Harness(net)
+        h.transport.enqueue(1, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: len(net.blocked) == 1)  # the first write is in progress
+        entry = b"q" * (3 * MiB)
+        for turn in range(12):  # 12 turns of 3 MiB each queue up meanwhile
+            h.transport.enqueue(1, app(1, turn, entry))
+            h.transport.flush()
+        del net.gates[2]
+        gate.set()
+        await net.until(lambda: sum(len(b.messages) for b in net.batches()) == 13)
+        batches = net.batches()
+        assert all(b.ByteSize() <= BATCH_BOUND for b in batches)
+        assert 1 + 3 <= len(batches) < 13  # merged, but never past the bound
+        await h.transport.close()
+
+    run(body)
+
+
+def test_outbox_is_bounded_in_bytes_and_drops_are_reported() -> None:
+    """guards #12 defect 14: the outbox was bounded only in messages, so a few huge appends to
+    a slow peer could queue without limit."""
+
+    async def body() -> None:
+        net = FakeNetwork()
+        net.gates[2] = asyncio.Event()  # the peer never takes anything
+        h = Harness(net, outbox_max_bytes=20 * MiB)
+        h.transport.enqueue(5, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: len(net.blocked) == 1)
+        entry = b"o" * (4 * MiB)
+        for turn in range(10):
+            h.transport.enqueue(100 + turn, app(100 + turn, turn, entry))
+            h.transport.flush()
+            assert h.transport.outbox_bytes(2) <= 20 * MiB
+        assert h.transport.dropped_messages > 0
+        dropped = h.unreachable_groups()
+        assert dropped and dropped <= {100 + t for t in range(10)}
+        assert 100 not in dropped  # the first ones fit
+        h.transport.abandon()
+
+    run(body)
+
+
+def test_a_failed_send_reports_every_group_of_the_lost_batches() -> None:
+    """guards #12 defect 14: a failed call lost every message of its batch without
+    report_unreachable."""
+
+    async def body() -> None:
+        net = FakeNetwork()
+        gate = net.gates[2] = asyncio.Event()
+        h = Harness(net)
+        h.transport.enqueue(1, heartbeat())
+        h.transport.enqueue(2, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: len(net.blocked) == 1)
+        h.transport.enqueue(3, heartbeat())  # queued behind the write in progress
+        h.transport.enqueue(4, app(4, 1))
+        h.transport.flush()
+        net.fail[2] = True
+        del net.gates[2]
+        gate.set()
+        await net.until(lambda: h.unreachable_groups() == {1, 2, 3, 4})
+        await net.until(lambda: len(net.links) == 2)  # it redials after the back-off
+        assert net.links[0].closed
+        net.fail[2] = False
+        h.transport.enqueue(5, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: len(net.batches(2)) == 1)
+        assert [m.group_id for m in net.batches(2)[0].messages] == [5]
+        assert h.log.names().count("peer_connected") == 1
+        await h.transport.close()
+
+    run(body)
+
+
+def test_a_message_larger_than_the_link_limit_is_dropped_and_reported() -> None:
+    async def body() -> None:
+        net = FakeNetwork(limit=1 * MiB)
+        h = Harness(
+            net, max_message_bytes=1 * MiB, max_batch_bytes=MiB // 2, snapshot_chunk_bytes=1000
+        )
+        h.transport.enqueue(8, app(8, 1, b"z" * (2 * MiB)))
+        h.transport.enqueue(9, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: len(net.batches()) == 1)
+        assert [m.group_id for m in net.batches()[0].messages] == [9]
+        assert h.unreachable == [(2, {8})]
+        assert "peer_message_too_large" in h.log.names()
+        assert len(net.links) == 1  # the link was never broken by it
+        await h.transport.close()
+
+    run(body)
+
+
+def test_keepalive_only_on_idle_links() -> None:
+    async def body() -> None:
+        net = FakeNetwork()
+        h = Harness(net)
+        h.transport.enqueue(1, heartbeat())
+        h.transport.flush()
+        h.transport.keepalive()  # the link sent something this tick: no keepalive
+        await net.until(lambda: len(net.batches()) == 1)
+        h.transport.keepalive()  # idle for a whole tick now
+        await net.until(lambda: len(net.batches()) == 2)
+        assert len(net.batches()[1].messages) == 0
+        await h.transport.close()
+
+    run(body)
+
+
+def snapshot_message(size: int, group_id: int = 4) -> tuple[Message, bytes]:
+    data = bytes(range(256)) * (size // 256) + b"!" * (size % 256)
+    snap = Snapshot(SnapshotMetadata(500, 7, ConfState(frozenset({1, 2, 3}))), data)
+    return Message(MessageType.SNAPSHOT, to=2, from_=1, term=7, snapshot=snap), data
+
+
+def test_a_50_mib_snapshot_arrives_whole_in_chunks() -> None:
+    """guards #12 defect 14: snapshots travelled as one message, and one past the gRPC limit
+    could never be sent."""
+
+    async def body() -> None:
+        net = FakeNetwork()
+        runtime = FakeRuntime()
+        inbox = PeerInbox(2, "c1", runtime, RecordingLog(), clock=lambda: 1.0)
+        net.deliver = inbox.handle_batch
+        h = Harness(net)
+        msg, data = snapshot_message(50 * MiB + 123)
+        h.transport.enqueue(4, msg)
+        h.transport.enqueue(6, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: any(m.type == MessageType.SNAPSHOT for _g, m in runtime.stepped))
+        assert all(b.ByteSize() <= BATCH_BOUND for b in net.batches())
+        chunks = [m for b in net.batches() for m in b.messages if m.group_id == 4]
+        assert len(chunks) == 13  # 50 MiB in 4 MiB chunks
+        (got,) = [(g, m) for g, m in runtime.stepped if m.type == MessageType.SNAPSHOT]
+        assert got[0] == 4
+        assert got[1].snapshot == msg.snapshot and got[1].snapshot.data == data
+        assert h.snapshot_status == [(2, 4, True)]
+        assert inbox.reassembly_bytes == 0 and inbox.snapshots_reassembled == 1
+        await h.transport.close()
+
+    run(body)
+
+
+def test_a_lost_snapshot_chunk_reports_the_snapshot_failed() -> None:
+    async def body() -> None:
+        net = FakeNetwork()
+        gate = net.gates[2] = asyncio.Event()
+        h = Harness(net)
+        msg, _data = snapshot_message(20 * MiB)
+        h.transport.enqueue(4, msg)
+        h.transport.flush()
+        await net.until(lambda: len(net.blocked) == 1)
+        net.fail[2] = True
+        del net.gates[2]
+        gate.set()
+        await net.until(lambda: h.snapshot_status != [])
+        assert h.snapshot_status == [(2, 4, False)]  # once, though several batches were lost
+        assert 4 in h.unreachable_groups()
+        h.transport.abandon()
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"max_batch_bytes": 65 * MiB}, "max_batch_bytes"),
+        ({"snapshot_chunk_bytes": 16 * MiB}, "snapshot_chunk_bytes"),
+    ],
+)
+def test_inconsistent_bounds_are_refused(kwargs: dict[str, int], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        Harness(FakeNetwork(), **kwargs)
