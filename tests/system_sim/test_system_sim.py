@@ -1,0 +1,133 @@
+"""CI entry of the system simulation (issue 13): seeds of the real broker and clients under
+faults must show no violation; a seed must replay exactly.
+
+Budget: the default (not slow) tests stay within a few minutes on 2 cores; longer runs are
+``@pytest.mark.slow`` (``pytest -m slow tests/system_sim``). A failing seed prints its replay
+command (``python -m tests.system_sim --seeds S:S+1 ... --verbose``).
+
+Put-back-defect tests call :func:`tests.system_sim.runner.run_seed` in-process with a patch
+(``node_hook`` or monkeypatch) and assert that :func:`first_violation` finds one within a bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from tests.system_sim.runner import Budget, SeedResult, replay_command, run_seed
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (profile, brokers, dcs, seeds): a few hundred seeds in all, spread so xdist can share them.
+CI_RUNS: list[tuple[str, int, int, range]] = [
+    ("default", 3, 1, range(0, 40)),
+    ("crashy", 3, 1, range(0, 30)),
+    ("partitions", 3, 1, range(0, 20)),
+    ("disk", 3, 1, range(0, 20)),
+    ("default", 5, 3, range(0, 20)),
+    ("partitions", 5, 3, range(0, 15)),
+]
+CHUNK = 5
+
+
+def _chunks() -> list[tuple[str, int, int, int, int]]:
+    out = []
+    for profile, brokers, dcs, seeds in CI_RUNS:
+        for lo in range(seeds.start, seeds.stop, CHUNK):
+            out.append((profile, brokers, dcs, lo, min(lo + CHUNK, seeds.stop)))
+    return out
+
+
+def _report(results: Iterable[SeedResult]) -> list[str]:
+    lines = []
+    for r in results:
+        if r.ok:
+            continue
+        lines.append(
+            f"seed {r.seed}: {r.violations[0]}\n  replay: "
+            f"{replay_command(r.seed, r.brokers, r.dcs, r.profile)}"
+            + "".join(f"\n  {v}" for v in r.violations[1:6])
+        )
+    return lines
+
+
+def first_violation(
+    seeds: Iterable[int], brokers: int = 3, dcs: int = 1, profile: str = "default", **kwargs: object
+) -> SeedResult | None:
+    """The first seed with a violation (for put-back-defect tests), or None."""
+    for seed in seeds:
+        result = run_seed(seed, brokers, dcs, profile, **kwargs)  # type: ignore[arg-type]
+        if not result.ok:
+            return result
+    return None
+
+
+@pytest.mark.parametrize(("profile", "brokers", "dcs", "lo", "hi"), _chunks())
+def test_seeds_have_no_violation(profile: str, brokers: int, dcs: int, lo: int, hi: int) -> None:
+    results = [run_seed(seed, brokers, dcs, profile) for seed in range(lo, hi)]
+    failures = _report(results)
+    assert not failures, "\n".join(failures)
+
+
+def test_a_seed_replays_exactly() -> None:
+    first = run_seed(3, 3, 1, "default")
+    second = run_seed(3, 3, 1, "default")
+    assert first.ops > 50, first.summary()
+    assert (first.digest, first.steps, first.violations) == (
+        second.digest,
+        second.steps,
+        second.violations,
+    )
+
+
+def test_seeds_differ() -> None:
+    assert run_seed(1, 3, 1, "default").digest != run_seed(2, 3, 1, "default").digest
+
+
+def test_the_workload_does_what_it_claims() -> None:
+    """One seed of each profile sees acknowledged records, consumer reads, faults and probes
+    (so "no violation" is not "nothing happened")."""
+    for profile in ("default", "crashy"):
+        result = run_seed(5, 3, 1, profile, keep_history=True)
+        history = result.history
+        assert history is not None
+        fs = {op.f for op in history}
+        assert {"send", "poll", "create_topic", "probe", "fault"} <= fs, fs
+        assert result.acked > 20, result.summary()
+        assert any(op.f == "poll" and op.type == "ok" and op.value for op in history)
+
+
+def test_cli_prints_the_summary_line() -> None:
+    env = dict(os.environ)
+    env.pop("PYTHONHASHSEED", None)  # the CLI pins it itself
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.system_sim", "--seeds", "0:2", "--brokers", "3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    last = proc.stdout.strip().splitlines()[-1]
+    summary = json.loads(last)
+    assert summary["seeds"] == 2 and summary["steps"] > 0, proc.stdout + proc.stderr
+    assert proc.returncode == (1 if summary["violations"] else 0)
+    assert summary["violations"] == 0, proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", ["default", "crashy", "partitions", "disk"])
+@pytest.mark.parametrize(("brokers", "dcs"), [(3, 1), (5, 3)])
+def test_long_run(profile: str, brokers: int, dcs: int) -> None:
+    results = [
+        run_seed(seed, brokers, dcs, profile, budget=Budget(fault_s=30.0))
+        for seed in range(1000, 1100)
+    ]
+    failures = _report(results)
+    assert not failures, "\n".join(failures)
