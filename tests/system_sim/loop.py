@@ -18,8 +18,9 @@ API
 - Exceptions (all ``SimulationError``): ``SimulationDeadlock`` (nothing ready and no timer, while
   the main coroutine still waits: every task is blocked forever), ``VirtualTimeExceeded``,
   ``StepBudgetExceeded``, ``ForbiddenInSimulation`` (``run_in_executor``,
-  ``call_soon_threadsafe``, real sockets/fds registered with the loop: all of them bypass a
-  seam or bring in a thread, i.e. nondeterminism). Each carries ``steps`` and ``virtual_s``.
+  ``call_soon_threadsafe`` from another thread (from the loop's own thread it is a
+  ``call_soon``: asyncio's async-generator finalizer uses it), real sockets/fds registered with
+  the loop: all of them bypass a seam or bring in a thread, i.e. nondeterminism). Each carries ``steps`` and ``virtual_s``.
 
 How
 ---
@@ -49,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import selectors
+import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -187,6 +189,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def __init__(self, *, max_virtual_s: float | None = None, max_steps: int | None = None) -> None:
         self._virtual_now = 0.0
+        self._owner_thread = threading.get_ident()
         self.steps = 0
         self.max_virtual_s = max_virtual_s
         self.max_steps = max_steps
@@ -287,9 +290,13 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def call_soon_threadsafe(  # type: ignore[override]
         self, callback: Callable[..., Any], *args: Any, context: Any = None
     ) -> Any:
+        # asyncio itself calls this from the loop's thread (the async-generator finalizer hook
+        # schedules ``aclose()`` with it): that is a plain call_soon. Another thread is not.
+        if threading.get_ident() == self._owner_thread:
+            return self.call_soon(callback, *args, context=context)
         raise ForbiddenInSimulation(
-            f"call_soon_threadsafe({callback!r}) inside the simulation: nothing may run on "
-            "another thread; use call_soon",
+            f"call_soon_threadsafe({callback!r}) from another thread: nothing may run on "
+            "another thread inside the simulation",
             steps=self.steps,
             virtual_s=self._virtual_now,
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -140,10 +142,24 @@ def test_run_in_executor_and_threadsafe_calls_are_refused() -> None:
         run(uses_thread, max_virtual_s=1)
 
     async def threadsafe() -> None:
-        asyncio.get_running_loop().call_soon_threadsafe(print)
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        loop.call_soon_threadsafe(done.set)  # from the loop's own thread: a call_soon
+        await done.wait()
+        errors: list[BaseException] = []
 
-    with pytest.raises(ForbiddenInSimulation):
-        run(threadsafe, max_virtual_s=1)
+        def other_thread() -> None:
+            try:
+                loop.call_soon_threadsafe(print)
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert isinstance(errors[0], ForbiddenInSimulation)
+
+    run(threadsafe, max_virtual_s=1)
 
 
 def test_real_sockets_are_refused() -> None:
@@ -279,3 +295,24 @@ def test_tasks_in_creation_order() -> None:
 
     names = run(main, max_virtual_s=100)
     assert names == [f"t{i}" for i in range(50)]
+
+
+def test_abandoned_async_generators_are_finalised() -> None:
+    closed: list[int] = []
+
+    async def numbers() -> Any:
+        try:
+            for i in range(100):
+                yield i
+                await asyncio.sleep(0.1)
+        finally:
+            closed.append(1)
+
+    async def main() -> None:
+        async for i in numbers():
+            if i == 2:
+                break  # the generator is left to the finaliser hook
+        await asyncio.sleep(1)
+
+    run(main, max_virtual_s=10)
+    assert closed == [1]
