@@ -13,7 +13,9 @@ API
     ``fail_syncs(err, *, probability=0.0, count=0, path_prefix=None)`` (``err`` an errno such as
     ``errno.EIO``/``errno.ENOSPC``; ``count`` = the next N matching ops fail, ``probability`` =
     each matching op fails with that chance, drawn from the disk's rng; both may be given),
-    ``slow(path_prefix, seconds_per_sync, seconds_per_write=0.0)``, ``clear_faults()``.
+    ``slow(path_prefix, seconds_per_sync, seconds_per_write=0.0)`` (one setting per prefix: a
+    new call replaces it, zeros remove it; prefixes add up when several match),
+    ``clear_faults()``.
   - cost: ``pending_cost_s`` (float) accumulates the virtual time the ops performed would have
     taken (``DiskCosts``; slow paths add their penalty). The executor reads and resets it.
   - counters: ``syncs``, ``dir_syncs``, ``writes``, ``bytes_written``, ``reads``,
@@ -258,8 +260,12 @@ class SimDisk:
     def slow(
         self, path_prefix: str, seconds_per_sync: float, seconds_per_write: float = 0.0
     ) -> None:
-        """Each sync (write) of a matching path costs that much more virtual time."""
-        self._slow.append(_Slow(path_prefix, seconds_per_sync, seconds_per_write))
+        """Each sync (write) of a path under ``path_prefix`` costs that much more virtual time.
+        Replaces the previous setting for the same prefix; zeros remove it."""
+        key = _norm(path_prefix)
+        self._slow = [s for s in self._slow if _norm(s.path_prefix) != key]
+        if seconds_per_sync > 0.0 or seconds_per_write > 0.0:
+            self._slow.append(_Slow(path_prefix, seconds_per_sync, seconds_per_write))
 
     def clear_faults(self) -> None:
         self._write_rules.clear()

@@ -388,6 +388,14 @@ def test_costs_and_slow_paths_are_charged() -> None:
     assert disk.syncs == 2 and disk.dir_syncs == 1
     assert disk.bytes_written == 1_000_000 and disk.writes == 1
     assert disk.loop_side_ops == disk.ops  # no executor set in_executor here
+    disk.slow("/slow", seconds_per_sync=0.1)  # replaces the 0.5
+    disk.pending_cost_s = 0.0
+    fs.fsync(fd)
+    assert disk.pending_cost_s == pytest.approx(0.1, abs=0.001)
+    disk.slow("/slow", 0.0)  # removes it
+    disk.pending_cost_s = 0.0
+    fs.fsync(fd)
+    assert disk.pending_cost_s < 0.001
 
 
 def test_dead_mount_raises_eio_everywhere() -> None:
