@@ -32,6 +32,16 @@ class PartitionConfig:
     Shorter bounds the producer table and the snapshots sooner; a producer idle for longer
     restarts its sequence (its client bumps the epoch)."""
 
+    message_timestamp_before_max_ms: int = -1
+    """A produced record may carry a timestamp at most this far behind the leader's clock;
+    -1 unlimited (Kafka's message.timestamp.before.max.ms, default unlimited: old event times
+    are legitimate, e.g. a CDC backfill)."""
+    message_timestamp_after_max_ms: int = 3_600_000
+    """A produced record may carry a timestamp at most this far ahead of the leader's clock;
+    -1 unlimited (Kafka's message.timestamp.after.max.ms; one hour as in Kafka 4.0). Time
+    retention and producer expiry follow the newest timestamp, so a far-future one would
+    stop the first and expire every producer."""
+
     def __post_init__(self) -> None:
         if self.max_batch_bytes < 61:
             raise ConfigError(

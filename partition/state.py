@@ -194,31 +194,44 @@ class PartitionState:
 
     # --- leader: before proposing --------------------------------------------------------
 
-    def stamp(self, batch: bytes) -> tuple[bytes, int, int]:
-        """Validate a produced batch and give it its final offsets. Does not record it: the
-        runtime proposes the result, then reports it through ``on_log_append``."""
-        limit = self.config.max_batch_bytes
+    def validate(self, batch: bytes, *, now_ms: int | None = None) -> BatchHeader:
+        """The leader's checks of a produced batch (wire.batch ``validate``: header, CRC,
+        every record, decompression bound) with this topic's limits; with ``now_ms`` (the
+        leader's clock) also the topic's timestamp bounds. Raises BatchTooLarge or
+        InvalidBatch (InvalidTimestamp for a timestamp out of bounds)."""
+        config = self.config
+        limit = config.max_batch_bytes
         if len(batch) > limit:
             raise BatchTooLarge(len(batch), limit)
-        header = validate(batch, max_bytes=limit)
+        return validate(
+            batch,
+            max_bytes=limit,
+            now_ms=now_ms,
+            timestamp_before_max_ms=config.message_timestamp_before_max_ms,
+            timestamp_after_max_ms=config.message_timestamp_after_max_ms,
+        )
+
+    def stamp(self, batch: bytes, *, now_ms: int | None = None) -> tuple[bytes, int, int]:
+        """Validate a produced batch and give it its final offsets, without the idempotence
+        decision (prefer :meth:`admit`). Does not record it: the runtime proposes the
+        result, then reports it through ``on_log_append``."""
+        header = self.validate(batch, now_ms=now_ms)
         base = self._index.end_offset
         return with_base_offset(batch, base), base, base + header.last_offset_delta
 
-    def admit(self, batch: bytes) -> Admission:
+    def admit(self, batch: bytes, *, now_ms: int | None = None) -> Admission:
         """The leader's decision for a produced batch, before proposing it (#12 defect 8):
         validate it, then decide idempotence against the producer state *including the
         appended-but-unapplied tail*: ``Append`` (propose ``data``, stamped with its final
         offsets), ``DuplicateOf`` (the original's offsets; do not propose) or ``Rejected``
         (OutOfOrderSequence / ProducerFenced; do not propose). Raises InvalidBatch /
-        BatchTooLarge for a malformed batch. Records nothing: the runtime proposes
+        BatchTooLarge for a malformed batch (see :meth:`validate`; pass the leader's wall
+        clock as ``now_ms`` so timestamps are bounded). Records nothing: the runtime proposes
         ``Append.data`` and reports the entry through ``on_log_append`` before the next call.
 
         Apply decides again and is the authority; both agree whenever the entries before
         this one are committed as they are now (tests/partition/test_admit.py)."""
-        limit = self.config.max_batch_bytes
-        if len(batch) > limit:
-            raise BatchTooLarge(len(batch), limit)
-        header = validate(batch, max_bytes=limit)
+        header = self.validate(batch, now_ms=now_ms)
         if header.producer_id >= 0:
             try:
                 original = self._tail.decide(header, self._producers, self._index.last_index)

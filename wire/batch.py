@@ -2,8 +2,16 @@
 
 Contract: a shared leaf. Both the client (producer, consumer) and the broker (partition/)
 import this module; it imports nothing of ours and does no I/O. The broker's hot path only
-calls :func:`validate` and :func:`with_base_offset`: header fields, exact length and CRC32C,
-never individual records.
+calls :func:`validate` and :func:`with_base_offset`. ``validate`` checks the header, exact
+length and CRC32C *and walks every record* (#12 defect 15: a batch with a correct CRC and
+garbage records stopped every consumer of its partition for good): record framing, field
+lengths within each record, offset deltas exactly 0..recordCount-1, nothing left over,
+maxTimestamp equal to the newest record's, and timestamps within Kafka's
+``message.timestamp.before/after.max.ms`` of the leader's clock when it passes one.
+Compressed sections are decompressed within a bound (:data:`MAX_DECOMPRESSED_BYTES`, and
+:data:`DECOMPRESSION_RATIO_LIMIT` times the batch limit on the broker), so "89 bytes
+claiming a million records" is refused instead of taking a million offsets; consumers
+decode with the same bound.
 
 Layout (Kafka protocol guide, "Record Batch"; big-endian, 61-byte header)::
 
@@ -41,8 +49,11 @@ import zstandard as _zstd
 __all__ = [
     "BATCH_OVERHEAD",
     "COMPRESSION_CODES",
+    "DECOMPRESSION_RATIO_LIMIT",
+    "MAX_DECOMPRESSED_BYTES",
     "BatchHeader",
     "InvalidBatch",
+    "InvalidTimestamp",
     "Record",
     "RecordBatchBuilder",
     "UnsupportedCompression",
@@ -50,6 +61,7 @@ __all__ = [
     "encode",
     "estimated_record_size",
     "iter_batches",
+    "check_records",
     "read_header",
     "validate",
     "verify_crc",
@@ -68,9 +80,18 @@ _CRC_OFFSET = 17
 _CRC_START = 21  # attributes .. end
 _MIN_RECORD_BYTES = 7  # length, attrs, ts, offset, key len, value len, header count: 1 each
 
+MAX_DECOMPRESSED_BYTES = 64 << 20
+"""Hard cap on a batch's decompressed records section, for the broker and for consumers."""
+DECOMPRESSION_RATIO_LIMIT = 32
+"""On the broker, a records section may decompress to at most this many times the batch
+size limit (a producer sizes batches by their uncompressed bytes, so real batches stay far
+below; a compression bomb does not)."""
+_UNCOMPRESSED_BYTES_FLOOR = 1 << 20
+
 COMPRESSION_CODES: dict[str, int] = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 _CODEC_NAMES = ("none", "gzip", "snappy", "lz4", "zstd", "unknown-5", "unknown-6", "unknown-7")
 _ATTR_COMPRESSION_MASK = 0x07
+_ATTR_LOG_APPEND_TIME = 0x08
 _ATTR_TRANSACTIONAL = 0x10
 _ATTR_CONTROL = 0x20
 
@@ -90,6 +111,25 @@ class InvalidBatch(ValueError):
         self.actual = actual
         detail = "" if expected is None else f" (expected {expected}, got {actual})"
         super().__init__(f"invalid record batch: {what}{detail}; {hint}")
+
+
+class InvalidTimestamp(InvalidBatch):
+    """A record's timestamp is too far from the leader's clock (Kafka's
+    ``message.timestamp.before.max.ms`` / ``message.timestamp.after.max.ms``)."""
+
+    def __init__(self, timestamp_ms: int, now_ms: int, limit_ms: int, *, future: bool) -> None:
+        self.timestamp_ms = timestamp_ms
+        self.now_ms = now_ms
+        self.limit_ms = limit_ms
+        self.future = future
+        way = "ahead of" if future else "behind"
+        distance = timestamp_ms - now_ms if future else now_ms - timestamp_ms
+        super().__init__(
+            f"record timestamp {timestamp_ms} is {distance} ms {way} the broker's clock "
+            f"({now_ms}); the limit is {limit_ms} ms",
+            "fix the producer's clock or the timestamps it sets, or raise the topic's "
+            + ("message.timestamp.after.max.ms" if future else "message.timestamp.before.max.ms"),
+        )
 
 
 class UnsupportedCompression(InvalidBatch):
@@ -218,15 +258,48 @@ def _compress(codec: int, data: bytes) -> bytes:
     raise UnsupportedCompression(_CODEC_NAMES[codec])
 
 
-def _decompress(codec: int, data: bytes | memoryview) -> bytes:
+def _too_big(codec: int, limit: int) -> InvalidBatch:
+    return InvalidBatch(
+        f"the {_CODEC_NAMES[codec]} records section decompresses to more than {limit} bytes",
+        "the batch is damaged or a compression bomb; producers send smaller batches",
+        expected=f"<= {limit} bytes",
+        actual="more",
+    )
+
+
+def _decompress(codec: int, data: bytes | memoryview, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """The decompressed records section, never more than ``limit`` bytes of output."""
     try:
         if codec == 1:
-            return zlib.decompress(data, 47)  # 47 = auto-detect gzip/zlib header
+            z = zlib.decompressobj(47)  # 47 = auto-detect gzip/zlib header
+            out = z.decompress(data, limit + 1)
+            if len(out) > limit:
+                raise _too_big(codec, limit)
+            if not z.eof:
+                raise zlib.error("incomplete or truncated stream")
+            return out
         if codec == 3:
-            return bytes(_lz4frame.decompress(bytes(data)))
+            lz = _lz4frame.LZ4FrameDecompressor()
+            out = lz.decompress(bytes(data), max_length=limit + 1)
+            if len(out) > limit:
+                raise _too_big(codec, limit)
+            if not lz.eof:
+                raise RuntimeError("incomplete or truncated frame")
+            return bytes(out)
         if codec == 4:
             # Kafka writers may omit the frame's content size, so stream-decompress.
-            return bytes(_zstd.ZstdDecompressor().decompressobj().decompress(bytes(data)))
+            parts: list[bytes] = []
+            got = 0
+            with _zstd.ZstdDecompressor().stream_reader(bytes(data)) as reader:
+                while got <= limit:
+                    chunk = reader.read(min(limit + 1 - got, 1 << 20))
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    got += len(chunk)
+            if got > limit:
+                raise _too_big(codec, limit)
+            return b"".join(parts)
     except (zlib.error, RuntimeError, _zstd.ZstdError) as e:
         raise InvalidBatch(
             f"the {_CODEC_NAMES[codec]} records section does not decompress ({e})",
@@ -296,10 +369,21 @@ def verify_crc(buf: bytes | bytearray | memoryview, header: BatchHeader) -> None
         )
 
 
-def validate(buf: bytes | bytearray | memoryview, *, max_bytes: int) -> BatchHeader:
-    """Everything the broker checks before accepting a produced batch, without decoding a
-    single record: header, magic, exact length (``buf`` is exactly one batch), size limit,
-    CRC, codec, record count, timestamps, producer fields, no control bit."""
+def validate(
+    buf: bytes | bytearray | memoryview,
+    *,
+    max_bytes: int,
+    now_ms: int | None = None,
+    timestamp_before_max_ms: int = -1,
+    timestamp_after_max_ms: int = 3_600_000,
+) -> BatchHeader:
+    """Everything the broker checks before accepting a produced batch: header, magic, exact
+    length (``buf`` is exactly one batch), size limit, CRC, codec, producer fields, no
+    control bit, and every record (see :func:`check_records`). With ``now_ms`` (the leader's
+    clock), every record timestamp must lie within ``timestamp_before_max_ms`` before it
+    (-1: unlimited, Kafka's default) and ``timestamp_after_max_ms`` after it (-1: unlimited;
+    default one hour, Kafka 4.0's default), so a far-future maxTimestamp cannot stop time
+    retention. Raises InvalidBatch (InvalidTimestamp, UnsupportedCompression) only."""
     h = read_header(buf)
     size = h.size
     if len(buf) != size:
@@ -348,7 +432,161 @@ def validate(buf: bytes | bytearray | memoryview, *, max_bytes: int) -> BatchHea
             actual=(h.producer_id, h.producer_epoch, h.base_sequence),
             expected="(-1, any, any) or all >= 0",
         )
+    limit = min(
+        MAX_DECOMPRESSED_BYTES,
+        max(_UNCOMPRESSED_BYTES_FLOOR, DECOMPRESSION_RATIO_LIMIT * max_bytes),
+    )
+    section = memoryview(buf)[BATCH_OVERHEAD:size]
+    data = bytes(section) if codec == 0 else _decompress(codec, section, limit)
+    min_ts, max_ts = check_records(data, h)
+    if now_ms is not None:
+        if timestamp_after_max_ms >= 0 and max_ts - now_ms > timestamp_after_max_ms:
+            raise InvalidTimestamp(max_ts, now_ms, timestamp_after_max_ms, future=True)
+        if timestamp_before_max_ms >= 0 and now_ms - min_ts > timestamp_before_max_ms:
+            raise InvalidTimestamp(min_ts, now_ms, timestamp_before_max_ms, future=False)
     return h
+
+
+def _field_error(i: int, what: str) -> InvalidBatch:
+    return InvalidBatch(
+        f"record {i}: {what}",
+        "the batch is damaged or was built by a broken client; the producer must rebuild it",
+    )
+
+
+def _check_headers(data: bytes, pos: int, rec_end: int, i: int) -> int:
+    n_headers, pos = _read_varint(data, pos)
+    if n_headers < 0 or n_headers > rec_end - pos:
+        raise _field_error(i, f"header count {n_headers} does not fit in the record")
+    for _h in range(n_headers):
+        n, pos = _read_varint(data, pos)
+        if n < 0 or pos + n > rec_end:
+            raise _field_error(i, "a header key is null or runs past the record")
+        try:
+            data[pos : pos + n].decode()
+        except UnicodeDecodeError:
+            raise _field_error(i, "a header key is not UTF-8") from None
+        pos += n
+        n, pos = _read_varint(data, pos)
+        if n < -1:
+            raise _field_error(i, f"header value length {n} (only -1 means null)")
+        if n > 0:
+            pos += n
+        if pos > rec_end:
+            raise _field_error(i, "a header runs past the record's length")
+    return pos
+
+
+def check_records(data: bytes, h: BatchHeader) -> tuple[int, int]:
+    """Walk the (decompressed) records section of the batch ``h`` without building records:
+    exactly ``recordCount`` records, each one's fields (varints, key, value, headers with
+    UTF-8 keys) inside its own length, offset deltas 0, 1, ..., recordCount - 1 in order,
+    nothing left over, and the newest record timestamp equal to maxTimestamp (CreateTime).
+    Returns the oldest and newest record timestamps."""
+    count = h.record_count
+    end = len(data)
+    if count * _MIN_RECORD_BYTES > end:
+        raise InvalidBatch(
+            "record count cannot fit in the records section",
+            "the batch is damaged",
+            expected=f"<= {end // _MIN_RECORD_BYTES} records",
+            actual=count,
+        )
+    read = _read_varint
+    pos = 0
+    lo_delta = hi_delta = 0
+    # Hot loop (the leader walks every record it accepts): one-byte varints, by far the
+    # most common, are decoded inline; anything longer goes through _read_varint.
+    for i in range(count):
+        if pos >= end:
+            raise _field_error(i, "missing: the records section ends early")
+        b = data[pos]
+        if b < 0x80:
+            length = (b >> 1) ^ -(b & 1)
+            pos += 1
+        elif pos + 1 < end and data[pos + 1] < 0x80:
+            v = (b & 0x7F) | (data[pos + 1] << 7)
+            length = (v >> 1) ^ -(v & 1)
+            pos += 2
+        else:
+            length, pos = read(data, pos)
+        rec_end = pos + length
+        if length < _MIN_RECORD_BYTES - 1 or rec_end > end:
+            raise _field_error(i, f"length {length} does not fit in the records section")
+        b = data[pos + 1]  # after the attributes byte (unused in v2)
+        if b < 0x80:
+            ts_delta = (b >> 1) ^ -(b & 1)
+            pos += 2
+        else:
+            ts_delta, pos = read(data, pos + 1)
+        b = data[pos]
+        if b < 0x80:
+            offset_delta = (b >> 1) ^ -(b & 1)
+            pos += 1
+        else:
+            offset_delta, pos = read(data, pos)
+        if offset_delta != i:
+            raise InvalidBatch(
+                f"record {i} has offset delta {offset_delta}",
+                "offset deltas must be 0, 1, ..., recordCount - 1 in order",
+                expected=i,
+                actual=offset_delta,
+            )
+        if ts_delta < lo_delta:
+            lo_delta = ts_delta
+        elif ts_delta > hi_delta:
+            hi_delta = ts_delta
+        b = data[pos]
+        if b < 0x80:
+            n = (b >> 1) ^ -(b & 1)
+            pos += 1
+        else:
+            n, pos = read(data, pos)
+        if n < -1:
+            raise _field_error(i, f"key length {n} (only -1 means null)")
+        if n > 0:
+            pos += n
+        if pos >= rec_end:
+            raise _field_error(i, "the key runs past the record's length")
+        b = data[pos]
+        if b < 0x80:
+            n = (b >> 1) ^ -(b & 1)
+            pos += 1
+        elif pos + 1 < end and data[pos + 1] < 0x80:
+            v = (b & 0x7F) | (data[pos + 1] << 7)
+            n = (v >> 1) ^ -(v & 1)
+            pos += 2
+        else:
+            n, pos = read(data, pos)
+        if n < -1:
+            raise _field_error(i, f"value length {n} (only -1 means null)")
+        if n > 0:
+            pos += n
+        if pos >= rec_end:
+            raise _field_error(i, "the value runs past the record's length")
+        b = data[pos]
+        if b == 0:  # no headers
+            pos += 1
+        else:
+            pos = _check_headers(data, pos, rec_end, i)
+        if pos != rec_end:
+            raise _field_error(i, f"its fields take {pos - rec_end + length} bytes, not {length}")
+    if pos != end:
+        raise InvalidBatch(
+            f"{end - pos} bytes left over after recordCount={count} records",
+            "recordCount must match the records present",
+            expected=end,
+            actual=pos,
+        )
+    first = h.first_timestamp
+    if not h.attributes & _ATTR_LOG_APPEND_TIME and first + hi_delta != h.max_timestamp:
+        raise InvalidBatch(
+            "maxTimestamp is not the newest record's timestamp",
+            "set maxTimestamp to the largest record timestamp",
+            expected=first + hi_delta,
+            actual=h.max_timestamp,
+        )
+    return first + lo_delta, max(first + hi_delta, h.max_timestamp)
 
 
 def with_base_offset(buf: bytes | bytearray | memoryview, base_offset: int) -> bytes:
@@ -563,8 +801,12 @@ def _read_bytes(buf: bytes, pos: int) -> tuple[bytes | None, int]:
     return buf[pos:end], end
 
 
-def decode(buf: bytes | bytearray | memoryview) -> tuple[BatchHeader, list[Record]]:
-    """Decode exactly one batch (CRC checked); records carry absolute offsets."""
+def decode(
+    buf: bytes | bytearray | memoryview, *, max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES
+) -> tuple[BatchHeader, list[Record]]:
+    """Decode exactly one batch (CRC checked); records carry absolute offsets. A compressed
+    records section is decompressed to at most ``max_decompressed_bytes`` (InvalidBatch
+    beyond), so a consumer never inflates a compression bomb."""
     h = read_header(buf)
     if len(buf) != h.size:
         what = "trailing bytes after the batch" if len(buf) > h.size else "truncated batch"
@@ -572,7 +814,7 @@ def decode(buf: bytes | bytearray | memoryview) -> tuple[BatchHeader, list[Recor
     verify_crc(buf, h)
     codec = h.attributes & _ATTR_COMPRESSION_MASK
     section = memoryview(buf)[BATCH_OVERHEAD:]
-    data = bytes(section) if codec == 0 else _decompress(codec, section)
+    data = bytes(section) if codec == 0 else _decompress(codec, section, max_decompressed_bytes)
     records: list[Record] = []
     pos = 0
     end = len(data)

@@ -340,3 +340,216 @@ def test_any_single_byte_corruption_is_caught(data: st.DataObject) -> None:
         return
     with pytest.raises(InvalidBatch):
         validate(bytes(raw), max_bytes=MAX)
+
+
+# --- records are validated on the leader (#12 defect 15) ------------------------------------
+
+
+def _with_records(records_section: bytes, *, count: int, codec: int = 0, max_ts: int = 0) -> bytes:
+    """A batch whose header is consistent (length, count, CRC) around ``records_section``."""
+    out = bytearray(BATCH_OVERHEAD + len(records_section))
+    struct.pack_into(
+        ">qiibIhiqqqhii",
+        out,
+        0,
+        0,
+        len(out) - 12,
+        0,
+        2,
+        0,
+        codec,
+        count - 1,
+        0,
+        max_ts,
+        -1,
+        -1,
+        -1,
+        count,
+    )
+    out[BATCH_OVERHEAD:] = records_section
+    return _restamp(out)
+
+
+def _section(raw: bytes) -> bytes:
+    return raw[BATCH_OVERHEAD:]
+
+
+def test_garbage_records_with_a_correct_crc_are_refused() -> None:
+    """guards #12 defect 15: validate checked header and CRC only, so garbage records with a
+    valid CRC were accepted and then stopped every consumer (decode failed for good)."""
+    good = encode([Record(b"k", b"v", 0), Record(b"k2", b"v2", 0)])
+    garbage = _with_records(b"\x7f" * len(_section(good)), count=2)
+    with pytest.raises(InvalidBatch, match="record 0"):
+        validate(garbage, max_bytes=MAX)
+    with pytest.raises(InvalidBatch):
+        decode(garbage)  # what a consumer would have hit
+
+
+def test_offset_deltas_must_be_0_to_n_minus_1_in_order() -> None:
+    """guards #12 defect 15: records with offset deltas [5, 5] passed validation."""
+    b = RecordBatchBuilder()
+    b.append(b"a", b"1", 0)
+    b.append(b"b", b"2", 0)
+    good = b.build()
+    section = bytearray(_section(good))
+    # record 0 = length, attributes, timestampDelta, offsetDelta: patch both offset deltas
+    first_len = section[0] >> 1
+    section[3] = 10  # zigzag(5)
+    section[1 + first_len + 3] = 10
+    bad = _with_records(bytes(section), count=2)
+    with pytest.raises(InvalidBatch, match="offset delta 5") as e:
+        validate(bad, max_bytes=MAX)
+    assert (e.value.expected, e.value.actual) == (0, 5)
+
+
+def test_record_count_must_match_the_records_present() -> None:
+    good = encode([Record(b"k", b"v", 0)] * 3)
+    with pytest.raises(InvalidBatch, match="left over"):
+        validate(_with_records(_section(good), count=2), max_bytes=MAX)
+    with pytest.raises(InvalidBatch):
+        validate(_with_records(_section(good), count=4), max_bytes=MAX)
+
+
+def test_a_tiny_compressed_batch_claiming_a_million_records_is_refused() -> None:
+    """guards #12 defect 15: 89 bytes claiming recordCount=1,000,000 took a million offsets."""
+    import zstandard
+
+    section = zstandard.ZstdCompressor().compress(b"\x00" * 40)
+    raw = _with_records(section, count=1_000_000, codec=4)
+    assert len(raw) < 120
+    with pytest.raises(InvalidBatch, match="record count cannot fit"):
+        validate(raw, max_bytes=MAX)
+
+
+def test_a_compression_bomb_is_refused_by_the_broker_and_by_consumers() -> None:
+    """guards #12 defect 15: consumers decompressed with no bound."""
+    import zstandard
+
+    bomb = zstandard.ZstdCompressor(write_content_size=False).compress(b"\x00" * (70 << 20))
+    raw = _with_records(bomb, count=1, codec=4)
+    with pytest.raises(InvalidBatch, match="decompresses to more than"):
+        validate(raw, max_bytes=MAX)
+    with pytest.raises(InvalidBatch, match="decompresses to more than"):
+        decode(raw)
+    small = encode([Record(b"k", b"v" * 5000, 0)], compression="gzip")
+    with pytest.raises(InvalidBatch, match="decompresses to more than 1000 bytes"):
+        decode(small, max_decompressed_bytes=1000)
+    lz4 = encode([Record(b"k", b"v" * 5000, 0)], compression="lz4")
+    with pytest.raises(InvalidBatch, match="decompresses to more than"):
+        decode(lz4, max_decompressed_bytes=1000)
+    assert decode(lz4)[1][0].value == b"v" * 5000
+
+
+def test_max_timestamp_must_be_the_newest_record() -> None:
+    raw = encode([Record(b"k", b"v", 1_000), Record(b"k", b"v", 2_000)])
+    forged = bytearray(raw)
+    struct.pack_into(">q", forged, 35, 10**15)  # a far-future maxTimestamp
+    with pytest.raises(InvalidBatch, match="maxTimestamp is not the newest"):
+        validate(_restamp(forged), max_bytes=MAX)
+
+
+def test_timestamps_are_bounded_by_the_leaders_clock() -> None:
+    """guards #12 defect 15: a far-future maxTimestamp stopped time retention for good."""
+    from wire.batch import InvalidTimestamp
+
+    now = 1_700_000_000_000
+    hour = 3_600_000
+    future = encode([Record(b"k", b"v", now), Record(b"k", b"v", now + hour + 1)])
+    validate(future, max_bytes=MAX)  # no clock given: no bound
+    with pytest.raises(InvalidTimestamp, match="ahead of") as e:
+        validate(future, max_bytes=MAX, now_ms=now)
+    assert (e.value.timestamp_ms, e.value.limit_ms, e.value.future) == (now + hour + 1, hour, True)
+    assert "message.timestamp.after.max.ms" in str(e.value)
+    validate(future, max_bytes=MAX, now_ms=now + 1)  # exactly one hour ahead: accepted
+    validate(future, max_bytes=MAX, now_ms=now, timestamp_after_max_ms=-1)
+    old = encode([Record(b"k", b"v", 0)])
+    validate(old, max_bytes=MAX, now_ms=now)  # before: unlimited by default, like Kafka
+    with pytest.raises(InvalidTimestamp, match="behind"):
+        validate(old, max_bytes=MAX, now_ms=now, timestamp_before_max_ms=7 * 24 * hour)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c["file"])
+def test_kafka_fixtures_pass_the_record_checks(case: dict) -> None:
+    raw = _raw(case)
+    h = validate(raw, max_bytes=MAX, now_ms=case["max_timestamp"])
+    assert h.record_count == len(case["records"])
+
+
+def _mutate(raw: bytes, data: st.DataObject) -> bytes:
+    buf = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert", "count"]))
+        if kind == "flip" and len(buf) > BATCH_OVERHEAD:
+            pos = data.draw(st.integers(BATCH_OVERHEAD, len(buf) - 1))
+            buf[pos] = data.draw(st.integers(0, 255))
+        elif kind == "cut" and len(buf) > BATCH_OVERHEAD:
+            pos = data.draw(st.integers(BATCH_OVERHEAD, len(buf) - 1))
+            del buf[pos : pos + data.draw(st.integers(1, 8))]
+        elif kind == "insert":
+            pos = data.draw(st.integers(BATCH_OVERHEAD, len(buf)))
+            buf[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        else:
+            n = data.draw(st.integers(-2, 1 << 31 - 1))
+            struct.pack_into(">i", buf, 57, n)
+            struct.pack_into(">i", buf, 23, n - 1)
+    struct.pack_into(">i", buf, 8, len(buf) - 12)
+    return _restamp(buf)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), codec=st.sampled_from(["none", "gzip", "lz4", "zstd"]))
+def test_validate_raises_only_invalid_batch_and_what_it_accepts_decodes(
+    data: st.DataObject, codec: str
+) -> None:
+    """guards #12 defect 15: fuzzed batches (with a correct CRC and length) either fail
+    validation with InvalidBatch, or validate and then decode for every consumer."""
+    records = data.draw(
+        st.lists(
+            st.builds(
+                Record,
+                st.none() | st.binary(max_size=20),
+                st.none() | st.binary(max_size=40),
+                st.integers(0, 10**6),
+                st.lists(
+                    st.tuples(st.text(max_size=5), st.none() | st.binary(max_size=5)), max_size=2
+                ).map(tuple),
+            ),
+            min_size=1,
+            max_size=5,
+        )
+    )
+    raw = encode(records, compression=codec)
+    if codec == "none":
+        raw = _mutate(raw, data)
+    else:  # mutate the decompressed records, then compress them again
+        h, _ = decode(raw)
+        plain = _mutate(encode(records), data)
+        section = plain[BATCH_OVERHEAD:]
+        raw = _with_records(
+            bytes(zstandard_or_codec(codec, section)),
+            count=struct.unpack_from(">i", plain, 57)[0],
+            codec={"gzip": 1, "lz4": 3, "zstd": 4}[codec],
+            max_ts=h.max_timestamp,
+        )
+    try:
+        h = validate(raw, max_bytes=MAX)
+    except InvalidBatch:
+        return
+    _, got = decode(raw)
+    assert len(got) == h.record_count
+    assert [r.offset for r in got] == list(range(h.record_count))
+    assert max(r.timestamp_ms for r in got) == h.max_timestamp
+
+
+def zstandard_or_codec(codec: str, section: bytes) -> bytes:
+    import zlib
+
+    import lz4.frame
+    import zstandard
+
+    if codec == "gzip":
+        c = zlib.compressobj(6, zlib.DEFLATED, 31)
+        return c.compress(section) + c.flush()
+    if codec == "lz4":
+        return bytes(lz4.frame.compress(section))
+    return zstandard.ZstdCompressor().compress(section)

@@ -144,3 +144,21 @@ def test_admit_validates_the_batch() -> None:
 
     with pytest.raises(InvalidBatch):
         fresh().admit(make_batch(1)[:-1])
+
+
+def test_admit_bounds_timestamps_by_the_leaders_clock() -> None:
+    """guards #12 defect 15: a far-future maxTimestamp stopped time retention (and would
+    expire every producer): the leader refuses it against its own clock."""
+    from wire.batch import InvalidTimestamp
+
+    now = 1_700_000_000_000
+    far = make_batch(1, ts=now + 10 * 365 * 24 * 3_600_000)
+    st_ = fresh()
+    with pytest.raises(InvalidTimestamp):
+        st_.admit(far, now_ms=now)
+    assert isinstance(st_.admit(make_batch(1, ts=now + 60_000), now_ms=now), Append)
+    lenient = fresh(message_timestamp_after_max_ms=-1)
+    assert isinstance(lenient.admit(far, now_ms=now), Append)
+    strict = fresh(message_timestamp_before_max_ms=3_600_000)
+    with pytest.raises(InvalidTimestamp):
+        strict.admit(make_batch(1, ts=now - 3_600_001), now_ms=now)
