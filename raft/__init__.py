@@ -6,12 +6,14 @@ from raft.core import Raft
 from raft.errors import (
     Compacted,
     ConfigError,
+    GroupFailure,
     InvariantViolation,
     NotLeader,
     ProposalDropped,
     RaftError,
     SnapshotTemporarilyUnavailable,
     StorageCorruption,
+    StorageFailed,
     Unavailable,
 )
 from raft.memory import MemoryStorage
@@ -46,6 +48,7 @@ __all__ = [
     "ConfigError",
     "Entry",
     "EntryType",
+    "GroupFailure",
     "HardState",
     "InvariantViolation",
     "LogStorage",
@@ -69,6 +72,7 @@ __all__ = [
     "SoftState",
     "Status",
     "StorageCorruption",
+    "StorageFailed",
     "Unavailable",
     "apply_conf_change",
     "validate_conf_change",

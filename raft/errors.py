@@ -1,8 +1,10 @@
 """The Raft layer's error tree.
 
 Two kinds, never mixed: expected outcomes a caller handles (``NotLeader``, ``ProposalDropped``,
-``Compacted``, ...) and broken invariants (``InvariantViolation``), which mean a bug or a
-corrupted disk and stop the one group they happened in.
+``Compacted``, ...) and group failures (``GroupFailure``: ``InvariantViolation``,
+``StorageCorruption``, ``StorageFailed``), which mean a bug, a corrupted disk or a failing disk
+and stop the one group they happened in. The runtime catches ``GroupFailure`` per group; the
+invariant errors of partition/ and metadata/ subclass it too, so there is one failure model.
 """
 
 from __future__ import annotations
@@ -63,7 +65,13 @@ class ConfigError(RaftError):
         super().__init__(f"invalid {field}={value!r}: {hint}")
 
 
-class InvariantViolation(Exception):
+class GroupFailure(Exception):
+    """Base of every error that stops one group (and only that group): the runtime catches it
+    per group, marks the group failed (visible in its status) and keeps serving the others.
+    Never a RaftError: never caught as a routine outcome."""
+
+
+class InvariantViolation(GroupFailure):
     """A Raft safety invariant does not hold. Not a RaftError: never caught as routine."""
 
     def __init__(self, what: str, expected: object, actual: object, likely_cause: str) -> None:
@@ -76,7 +84,7 @@ class InvariantViolation(Exception):
         )
 
 
-class StorageCorruption(Exception):
+class StorageCorruption(GroupFailure):
     """A durable file is damaged somewhere other than a torn tail. Never skipped."""
 
     def __init__(self, path: str, byte_offset: int, detail: str) -> None:
@@ -84,3 +92,26 @@ class StorageCorruption(Exception):
         self.byte_offset = byte_offset
         self.detail = detail
         super().__init__(f"corrupt log file {path} at byte {byte_offset}: {detail}")
+
+
+class StorageFailed(GroupFailure, OSError):
+    """A write or sync of a log's files failed (ENOSPC, EIO, EMFILE, ...): the log is failed.
+
+    Every later append and sync raises it again; nothing written after the last successful
+    ``sync()`` is ever reported durable, and the files stay recoverable (a restart recovers to
+    the last good frame). Also an ``OSError`` (``errno`` is the cause's), so code that handled
+    disk errors as ``OSError`` keeps working. ``error`` is the original ``OSError``.
+    """
+
+    def __init__(self, path: str, operation: str, error: OSError) -> None:
+        super().__init__(
+            error.errno,
+            f"log {path} failed: {operation}: {error.strerror or error}; the group is stopped "
+            "(restart the broker once the disk is fixed; it recovers to the last good frame)",
+        )
+        self.path = path
+        self.operation = operation
+        self.error = error
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()

@@ -2,59 +2,86 @@
 
 Contract
 - Implements ``raft.storage_api.LogStorage`` exactly (reads are synchronous; recent entries
-  come from an in-memory tail cache, older ones cost one ``os.pread``).
-- Write side, called from the runtime's event-loop thread: ``append`` (suffix truncation +
-  buffered write), ``save_hard_state``, ``save_snapshot``, ``apply_snapshot``, ``compact``.
-  ``append`` does not fsync: data reaches the OS page cache and becomes durable at the next
-  ``sync()``, which a worker thread (``GroupCommitter`` or the runtime's pool) may call
-  while appends continue. ``sync()`` covers every append that returned before it was called.
-- Nothing here uses asyncio. Thread safety: one writer thread plus any number of ``sync()``
-  callers. ``_lock`` guards the segment table and the dirty set (held only for in-memory
-  work and buffered writes); ``_sync_lock`` serializes syncs, so a sync that finds nothing
-  dirty still waits for one already fsyncing (otherwise it would return too early);
-  ``_hs_lock`` serializes writes of the ``state`` file.
+  come from an in-memory tail cache, older ones cost one ``pread``).
+- Every file operation goes through the ``FileSystem`` seam (``fs``, raft.storage.fs): the
+  system simulation plugs in a filesystem that loses, on a crash, file data not fsynced and
+  directory entries (creates, renames, unlinks) not followed by ``fsync_dir``. So durability
+  here is always explicit; nothing is durable by accident.
+- The event loop never waits on the disk. Called on the loop: ``append`` (suffix truncation,
+  segment roll and buffered writes), ``save_hard_state``, ``apply_snapshot`` and the reads.
+  They only write into the page cache (pwrite, create, ftruncate, unlink) and record what is
+  left to make durable. ``sync()`` -- run by the runtime in a worker thread -- does every
+  fsync: the new snapshot file (temp, fsync, rename, fsync dir), each segment written since
+  the last sync (after writing its ack mark, see ``segment``), the directory when segments
+  were created or removed, the removal of segments a snapshot made obsolete, and the
+  ``state`` file (hard state). ``dirty`` says whether any such work is pending.
+  ``save_snapshot`` and ``compact`` (local snapshots, retention) run in a worker thread too and
+  fsync inline.
+- Thread safety: the loop thread, ``sync()`` callers and ``save_snapshot``/``compact`` callers
+  may run at once. ``_lock`` guards the segment table, the cache and the pending work (held
+  only for in-memory work and buffered writes, never across an fsync); ``_sync_lock``
+  serializes syncs (a sync that finds nothing dirty still waits for one already fsyncing);
+  ``_hs_lock`` guards the hard-state fields (brief); ``_state_lock`` serializes writes of the
+  ``state`` file and ``_snap_lock`` of the ``snapshot`` file (held across I/O; the loop takes
+  neither under ``fsync="always"``).
 
 Directory layout: ``state`` (hard state + bootstrap ConfState), ``snapshot``, and segment
 files named by their first index (see ``segment``). Small files are replaced atomically.
 
-Durability rules (default ``fsync="always"``)
-- A term or vote change is durable when the next ``sync()`` returns (temp file, fsync,
-  rename, fsync dir, done inside ``sync()`` so the event-loop thread never waits on the disk);
-  the Raft core holds back every message that depends on it until the runtime reports that
-  sync (``on_persisted``), so a vote is never announced before it is durable (thesis §3.8).
-  A change of ``commit`` alone is kept in
-  memory and written lazily -- with the next term/vote change, by ``sync()`` at most every
-  ``commit_flush_interval_s`` (1 s), and at ``close()``. This is safe because the commit
-  index is volatile state in Raft (thesis §3.8, Figure 3.1): a restarted node relearns it
-  from the leader; a stale, lower commit only delays applying. At open, a commit above the
-  recovered last index (possible when a term change persisted a commit whose entries were
-  not yet synced) is clamped to it and logged as ``commit_clamped``.
-- Rare structural changes are made durable synchronously, so recovery never sees a mix of
-  old and new layouts: a suffix truncation that rewrites stored entries fdatasyncs the cut
-  segment (and the directory if whole segments went), deleting segments (compaction,
-  snapshot reset) fsyncs the directory, and rolling to a new segment fdatasyncs the old one
-  first (once per ``segment_bytes``). This is what lets recovery treat a bad frame in any
-  segment but the last as corruption rather than a torn write.
-- ``fsync="never"``: no fsync at all (writes are acknowledged once in the page cache). For
-  benchmarks and as the chaos suite's negative control; a crash may then lose anything and
-  even leave damage recovery reports as corruption.
+Durability rules (default ``fsync="always"``): everything is durable once the next ``sync()``
+returns, and nothing before.
+- Entries: when the sync that follows their append returns.
+- A term or vote change (``save_hard_state``): written atomically by the next ``sync()``. The
+  Raft core holds back every message that depends on it until the runtime reports that sync
+  (``on_persisted``), so a vote is never announced before it is durable (thesis §3.8).
+  A change of ``commit`` alone is kept in memory and written lazily -- with the next
+  term/vote change, by ``sync()`` at most every ``commit_flush_interval_s`` (1 s), and at
+  ``close()``. This is safe because the commit index is volatile state in Raft (thesis §3.8,
+  Figure 3.1): a restarted node relearns it; a stale, lower commit only delays applying. At
+  open, a commit above the recovered last index is clamped to it (``commit_clamped``).
+- A follower's snapshot (``apply_snapshot``): the in-memory log is reset at once; the next
+  ``sync()`` writes the snapshot file durably *first*, and only then removes the old segments
+  (so a crash never leaves neither the old entries nor the snapshot). New segments created
+  meanwhile are fsynced after the snapshot in that same sync.
+- A suffix truncation cuts the segment (ftruncate) and starts a new segment for the new
+  entries, so new frames never overwrite old ones in place: after a power loss, either the
+  cut is durable or the new segment (never acknowledged) is dropped at recovery.
+- A roll to a new segment: the old one is fdatasynced by the next sync, with the new one.
+- ``fsync="never"``: no fsync at all. Term, vote and snapshots are still *written* (temp +
+  rename, no fsync) inside the call that records them (``save_hard_state``,
+  ``apply_snapshot``), so they are in the page cache before any message that depends on them
+  can leave: a process crash (SIGKILL) keeps the page cache and election safety holds. A
+  power loss may lose anything.
 
-Recovery (at construction): stale temp files are removed; every segment is validated
-(``Segment.recover``: torn tail of the last segment cut and logged ``torn_tail_truncated``,
-anything else raises ``StorageCorruption``); segments must be contiguous (no gap, no overlap,
-each header's ``prev_term`` equal to the previous segment's last term). Then the log is
-reconciled with the snapshot, as after an interrupted ``save_snapshot``/``apply_snapshot``:
-a snapshot beyond the log, or one whose (index, term) does not match the log, resets the
-log to start after it (thesis §5.3: entries after a matching snapshot point are kept).
+Disk errors: any ``OSError`` from a write or a sync makes the log *failed*: that call and every
+later append/sync/snapshot call raise ``StorageFailed`` (also an ``OSError``). Nothing is then
+reported durable that was not: a failed ``sync()`` raises, and positions are recorded only
+after a successful write. The files stay recoverable: a partial frame lies after the ack mark
+and is cut as a torn tail at the next open. After a failed fsync the page cache cannot be
+trusted (fsyncgate), hence no retry.
+
+Open files: the active segment and segments with unsynced data stay open; other segments are
+opened on demand for reads and kept in a small LRU (``open_segments``).
+
+Recovery (at construction): stale temp files are removed; segments entirely covered by the
+snapshot are removed (an interrupted compaction or snapshot install); every segment is scanned
+(``Segment.scan``). A bad spot after a segment's ack mark was never acknowledged: it is a torn
+tail, cut and logged ``torn_tail_truncated``. At or before the mark it is
+``StorageCorruption``. A segment that does not continue the log before it (gap, overlap, term)
+is dropped (``unacknowledged_segment_dropped``) if nothing in it was ever acknowledged (it was
+created by a write no sync completed), else ``StorageCorruption``. Then the log is reconciled
+with the snapshot: a snapshot beyond the log, or one whose (index, term) does not match the
+log, resets the log to start after it (thesis §5.3: entries after a matching snapshot point are
+kept). See docs/storage.md for why the ack-mark rule is sound.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -65,12 +92,14 @@ from raft.errors import (
     ConfigError,
     InvariantViolation,
     StorageCorruption,
+    StorageFailed,
     Unavailable,
 )
 from raft.storage.frame import encode_entry
-from raft.storage.hard_state import HardStateFile, fsync_dir, remove_stale_temps
+from raft.storage.fs import OS_FS, FileSystem
+from raft.storage.hard_state import HardStateFile, remove_stale_temps
 from raft.storage.segment import (
-    SEGMENT_SUFFIX,
+    ScanProblem,
     Segment,
     SegmentInfo,
     parse_segment_file_name,
@@ -83,6 +112,8 @@ FsyncPolicy = Literal["always", "never"]
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_CACHE_BYTES = 8 << 20
 """Tail cache budget: entries this recent are served from memory, no syscall."""
+DEFAULT_OPEN_SEGMENTS = 4
+"""Closed (read-only) segments kept open after a read, besides the active and unsynced ones."""
 
 
 def _no_log(event: str, **fields: object) -> None:
@@ -103,6 +134,8 @@ class DurableLog:
         commit_flush_interval_s: float = 1.0,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        fs: FileSystem = OS_FS,
+        open_segments: int = DEFAULT_OPEN_SEGMENTS,
     ) -> None:
         if fsync not in ("always", "never"):
             raise ConfigError("fsync", fsync, "use 'always' (default) or 'never'")
@@ -110,26 +143,37 @@ class DurableLog:
             raise ConfigError("segment_bytes", segment_bytes, "must be > 0 (default 64 MiB)")
         if commit_flush_interval_s < 0:
             raise ConfigError("commit_flush_interval_s", commit_flush_interval_s, "must be >= 0")
+        if open_segments < 0:
+            raise ConfigError("open_segments", open_segments, "must be >= 0 (default 4)")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._fs = fs
         self._fsync = fsync == "always"
         self._segment_bytes = segment_bytes
         self._cache_max_bytes = cache_bytes
         self._commit_flush_interval_s = commit_flush_interval_s
         self._clock = clock
         self._log = logger if logger is not None else _no_log
+        self._max_open = open_segments
 
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._hs_lock = threading.Lock()
-        self._vote_dirty = False  # a term/vote change awaits the next sync()
+        self._state_lock = threading.Lock()
+        self._snap_lock = threading.Lock()
+        self._state_dirty = False  # a term/vote/membership change awaits the next sync()
         self._closed = False
-        self._failure: OSError | None = None
+        self._failure: StorageFailed | None = None
         self._fsyncs_performed = 0
 
         self._segments: SortedDict[int, Segment] = SortedDict()
-        self._dirty: dict[int, Segment] = {}
-        self._dir_dirty = False
+        self._dirty: dict[int, Segment] = {}  # segments with data not yet fdatasynced
+        self._dir_dirty = False  # directory entries created/removed since the last sync
+        self._roll_next = False  # after a suffix cut, new entries start a new segment
+        self._lru: OrderedDict[int, Segment] = OrderedDict()  # read-only segments kept open
+        self._pending_snapshot: Snapshot | None = None  # to write durably in the next sync
+        self._snapshot_written_index = -1  # newest snapshot index written to the file
+        # Segment files to remove once the snapshot at the given index is durable.
+        self._pending_unlinks: dict[Path, int] = {}
         # (index, term) just before the first entry; used only while there is no segment.
         self._base_index = 0
         self._base_term = 0
@@ -137,13 +181,19 @@ class DurableLog:
         self._cache_lo = 1
         self._cache_size_bytes = 0
 
-        remove_stale_temps(self.directory, self._log)
-        self._state_file = HardStateFile(self.directory, fsync=self._fsync)
-        self._snapshot_file = SnapshotFile(self.directory, fsync=self._fsync)
-        segment_paths = sorted(self.directory.glob("*" + SEGMENT_SUFFIX))
+        if not fs.is_dir(self.directory):
+            fs.makedirs(self.directory)
+            if self._fsync:
+                fs.fsync_dir(self.directory.parent)
+        remove_stale_temps(self.directory, self._log, fs)
+        self._state_file = HardStateFile(self.directory, fsync=self._fsync, fs=fs)
+        self._snapshot_file = SnapshotFile(self.directory, fsync=self._fsync, fs=fs)
+        names = sorted(
+            name for name in fs.listdir(self.directory) if parse_segment_file_name(name) is not None
+        )
         loaded = self._state_file.load()
         if loaded is None:
-            if segment_paths or self._snapshot_file.path.exists():
+            if names or self._snapshot_file.exists():
                 raise StorageCorruption(
                     str(self._state_file.path), 0, "state file missing but log files exist"
                 )
@@ -158,8 +208,9 @@ class DurableLog:
         self._hs_written = hard_state
         self._hs_written_at = self._clock()
         self._snapshot = self._snapshot_file.load()
+        self._snapshot_written_index = self._snapshot.metadata.index
         try:
-            self._recover_segments(segment_paths)
+            self._recover_segments([self.directory / name for name in names])
             self._reconcile_with_snapshot()
         except BaseException:
             for segment in self._segments.values():
@@ -174,32 +225,106 @@ class DurableLog:
     # -- recovery ------------------------------------------------------------------------
 
     def _recover_segments(self, paths: list[Path]) -> None:
+        """Scan every segment; keep the longest sound log (module docstring, "Recovery")."""
+        fs = self._fs
+        removed = 0
+        # Scan everything first, decide, and only then change files: a loud error must leave
+        # the directory exactly as it was found.
+        scanned: list[tuple[Path, Segment | None, ScanProblem | None]] = []
+        try:
+            for path in paths:
+                segment, problem = Segment.scan(fs, path)
+                if segment is not None:
+                    segment.close()  # reopened on demand
+                scanned.append((path, segment, problem))
+        except BaseException:
+            for _, segment, _ in scanned:
+                if segment is not None:
+                    segment.close()
+            raise
+        snap_index = -1 if self._snapshot.is_empty() else self._snapshot.metadata.index
+
+        def covered_from(segment: Segment) -> bool:
+            return segment.first_index <= snap_index + 1
+
+        kept: list[Segment] = []
+        cuts: list[tuple[Segment, ScanProblem]] = []
+        drops: list[tuple[Path, str, str]] = []  # (path, event, reason)
         previous: Segment | None = None
-        for position, path in enumerate(paths):
-            if parse_segment_file_name(path.name) is None:
-                continue
-            segment = Segment.recover(
-                path, is_last=position == len(paths) - 1, fsync=self._fsync, logger=self._log
-            )
+        for path, segment, problem in scanned:
             if segment is None:
+                # A header that never reached the disk: no sync of this file ever completed,
+                # so nothing in it was acknowledged (every sync writes the header too).
+                assert problem is not None
+                drops.append((path, "torn_tail_truncated", problem.detail))
                 continue
-            self._segments[segment.first_index] = segment
-            if previous is not None:
-                if segment.first_index != previous.last_index + 1:
-                    raise StorageCorruption(
-                        str(path),
-                        0,
-                        f"segment starts at index {segment.first_index} but the previous one "
-                        f"ends at {previous.last_index} (gap or overlap)",
-                    )
-                if segment.prev_term != previous.last_term:
-                    raise StorageCorruption(
-                        str(path),
-                        0,
-                        f"segment header says the previous term is {segment.prev_term}, "
-                        f"the previous segment ends with term {previous.last_term}",
-                    )
+            reason = self._discontinuity(previous, segment) if previous is not None else None
+            if reason is not None and covered_from(segment):
+                # Everything before it is covered by the snapshot: leftovers of a snapshot
+                # install or compaction that a crash interrupted before removing them.
+                for stale in kept:
+                    drops.append((stale.path, "stale_segment_removed", reason))
+                cuts = [(seg, prob) for seg, prob in cuts if seg not in kept]
+                kept = []
+                reason = None
+            if reason is not None:
+                if segment.mark < segment.first_index:
+                    drops.append((path, "unacknowledged_segment_dropped", reason))
+                    continue
+                raise StorageCorruption(str(path), 0, reason)
+            if problem is not None:
+                if problem.index <= segment.mark:
+                    raise StorageCorruption(str(path), problem.byte_offset, self._why(problem))
+                cuts.append((segment, problem))
+            kept.append(segment)
             previous = segment
+        for segment, problem in cuts:
+            segment.ensure_open()
+            segment.cut_at(problem.byte_offset)
+            if self._fsync:
+                fs.fdatasync(segment.fd)
+            segment.close()
+            self._log(
+                "torn_tail_truncated",
+                path=str(segment.path),
+                offset=problem.byte_offset,
+                detail=problem.detail,
+                ack_mark=segment.mark,
+            )
+        for path, event, reason in drops:
+            fs.unlink(path)
+            removed += 1
+            self._log(event, path=str(path), offset=0, detail=reason)
+        if removed and self._fsync:
+            fs.fsync_dir(self.directory)
+        for segment in kept:
+            self._segments[segment.first_index] = segment
+        if kept:
+            kept[-1].ensure_open()
+
+    @staticmethod
+    def _discontinuity(previous: Segment, segment: Segment) -> str | None:
+        if segment.first_index != previous.last_index + 1:
+            return (
+                f"segment starts at index {segment.first_index} but the previous one ends at "
+                f"{previous.last_index} (gap or overlap)"
+            )
+        if segment.prev_term != previous.last_term:
+            return (
+                f"segment header says the previous term is {segment.prev_term}, the previous "
+                f"segment ends with term {previous.last_term}"
+            )
+        return None
+
+    @staticmethod
+    def _why(problem: ScanProblem) -> str:
+        detail = f"{problem.detail} at entry {problem.index}, which may have been acknowledged"
+        if problem.next_valid is not None:
+            detail += (
+                f"; a valid frame of a later entry follows at byte {problem.next_valid}: "
+                "the frame was damaged in place"
+            )
+        return detail
 
     def _reconcile_with_snapshot(self) -> None:
         meta = self._snapshot.metadata
@@ -218,7 +343,10 @@ class DurableLog:
             return
         if meta.index > last or self._term_locked(meta.index) != meta.term:
             self._log("log_reset_on_open", snapshot_index=meta.index, snapshot_term=meta.term)
-            self._reset_locked(meta.index, meta.term)
+            self._reset_locked(meta.index, meta.term, after_snapshot=None)
+            if self._fsync:
+                self._fs.fsync_dir(self.directory)
+            self._dir_dirty = False
 
     # -- LogStorage (read side) ----------------------------------------------------------
 
@@ -245,9 +373,14 @@ class DurableLog:
         return self._base_term
 
     def term(self, index: int) -> int:
-        return self._term_locked(index)
+        with self._lock:
+            return self._term_locked(index)
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        with self._lock:
+            return self._entries_locked(lo, hi, max_bytes)
+
+    def _entries_locked(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
         first, last = self.first_index(), self.last_index()
         if lo < first:
             raise Compacted(lo, first)
@@ -263,7 +396,9 @@ class DurableLog:
             segment = self._segment_for(index)
             want_hi = min(disk_hi, segment.last_index + 1)
             budget = None if max_bytes is None else max_bytes - used
-            got = segment.read(index, want_hi, budget, need_one=not result)
+            with self._io("read"):
+                self._open_for_read(segment)
+                got = segment.read(index, want_hi, budget, need_one=not result)
             result.extend(got)
             used += sum(entry.size() for entry in got)
             index += len(got)
@@ -286,14 +421,15 @@ class DurableLog:
             return Snapshot(SnapshotMetadata(0, 0, self._bootstrap))
         return self._snapshot
 
-    # -- write side ----------------------------------------------------------------------
+    # -- write side (event loop: buffered only) -------------------------------------------
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Store ``entries``, replacing any stored entries from ``entries[0].index`` on.
 
         Buffered: durable after the next ``sync()``. Raises ``InvariantViolation`` for a
         truncation below ``first_index()`` or at/below the snapshot index (committed
-        entries), a gap after ``last_index()``, or entries that are not consecutive."""
+        entries), a gap after ``last_index()``, or entries that are not consecutive;
+        ``StorageFailed`` if a write fails (the log is then failed)."""
         if not entries:
             return
         start = entries[0].index
@@ -332,24 +468,67 @@ class DurableLog:
                     actual=start,
                     likely_cause="entries were appended without the ones before them",
                 )
-            if start <= last:
-                self._truncate_suffix_locked(start)
-            self._write_locked(entries)
+            with self._io("append"):
+                if start <= last:
+                    self._truncate_suffix_locked(start)
+                self._write_locked(entries)
             self._cache_add(entries)
 
     def save_hard_state(self, hs: HardState) -> None:
-        """Record ``hs``. A term or vote change is durable on return; a commit-only change
-        is written lazily (module docstring, thesis §3.8)."""
+        """Record ``hs``. Under ``fsync="always"`` a term or vote change is durable once the
+        next ``sync()`` returns (not on return: the loop never waits on the disk); the Raft
+        core holds back every message depending on it until then. Under ``"never"`` a term
+        or vote change is written (no fsync) before this returns. A commit-only change is
+        written lazily (module docstring, thesis §3.8)."""
         with self._hs_lock:
             self._check_usable()
             self._hs = hs
             written = self._hs_written
-            if hs.term != written.term or hs.vote != written.vote:
-                self._vote_dirty = True  # written by the next sync()
+            changed = hs.term != written.term or hs.vote != written.vote
+            if changed:
+                self._state_dirty = True
+        if changed and not self._fsync:
+            self._flush_state()
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """Install a leader's snapshot (follower): drop every entry; the log restarts at
+        ``snap.metadata.index + 1``. Buffered: the snapshot file is written and the old
+        segments removed by the next ``sync()``, in that order (under ``"never"``: before
+        this returns)."""
+        meta = snap.metadata
+        if meta.index == 0:
+            # A bootstrap snapshot (see snapshot()): adopt its membership, keep the log.
+            with self._hs_lock:
+                self._check_usable()
+                self._bootstrap = meta.conf_state
+                self._state_dirty = True
+            self._log("bootstrap_membership_adopted", voters=sorted(meta.conf_state.voters))
+            if not self._fsync:
+                self._flush_state()
+            return
+        with self._lock:
+            self._check_usable()
+            if meta.index < self._snapshot.metadata.index:
+                raise InvariantViolation(
+                    "installing an out-of-date snapshot",
+                    expected=f"snapshot index >= {self._snapshot.metadata.index}",
+                    actual=meta.index,
+                    likely_cause="a stale InstallSnapshot was not rejected by the core",
+                )
+            self._snapshot = snap
+            self._pending_snapshot = snap
+            self._log("snapshot_applied", index=meta.index, term=meta.term)
+            with self._io("apply_snapshot"):
+                self._reset_locked(meta.index, meta.term, after_snapshot=meta.index)
+        if not self._fsync:
+            self._flush_snapshot_and_unlinks()
+
+    # -- worker-thread calls (may fsync) ---------------------------------------------------
 
     def save_snapshot(self, snap: Snapshot) -> None:
-        """Store a snapshot taken locally, then compact the log up to it (or reset the log
-        if the snapshot lies beyond ``last_index()``)."""
+        """Store a snapshot taken locally (durably, before this returns), then compact the
+        log up to it (or reset the log if the snapshot lies beyond ``last_index()``).
+        Blocking: call it from a worker thread; safe alongside the loop's calls."""
         meta = snap.metadata
         with self._lock:
             self._check_usable()
@@ -369,48 +548,29 @@ class DurableLog:
                     likely_cause="the snapshot was taken from another log; followers install "
                     "a leader's snapshot with apply_snapshot()",
                 )
-            self._snapshot_file.store(snap)
-            self._snapshot = snap
-            self._log("snapshot_saved", index=meta.index, term=meta.term)
-            if meta.index > last:
-                self._reset_locked(meta.index, meta.term)
-            else:
-                self._compact_locked(meta.index)
-
-    def apply_snapshot(self, snap: Snapshot) -> None:
-        """Install a leader's snapshot (follower): store it, drop every entry; the log
-        restarts at ``snap.metadata.index + 1``."""
-        meta = snap.metadata
-        if meta.index == 0:
-            # A bootstrap snapshot (see snapshot()): adopt its membership, keep the log.
-            with self._hs_lock:
-                self._check_usable()
-                self._bootstrap = meta.conf_state
-                self._write_hard_state_locked(self._hs)
-            self._log("bootstrap_membership_adopted", voters=sorted(meta.conf_state.voters))
-            return
+        self._write_snapshot_file(snap, "save_snapshot")
         with self._lock:
             self._check_usable()
-            if meta.index < self._snapshot.metadata.index:
-                raise InvariantViolation(
-                    "installing an out-of-date snapshot",
-                    expected=f"snapshot index >= {self._snapshot.metadata.index}",
-                    actual=meta.index,
-                    likely_cause="a stale InstallSnapshot was not rejected by the core",
-                )
-            self._snapshot_file.store(snap)
-            self._snapshot = snap
-            self._log("snapshot_applied", index=meta.index, term=meta.term)
-            self._reset_locked(meta.index, meta.term)
+            if meta.index >= self._snapshot.metadata.index:
+                self._snapshot = snap
+            self._log("snapshot_saved", index=meta.index, term=meta.term)
+            with self._io("save_snapshot"):
+                if meta.index > self.last_index():
+                    removed = self._reset_locked(meta.index, meta.term, after_snapshot=None)
+                else:
+                    removed = self._compact_locked(meta.index)
+        if removed:
+            self._fsync_dir("save_snapshot")
 
     def compact(self, index: int) -> None:
         """Drop whole segments (never the last one) whose entries are all <= ``index``.
 
         A snapshot at >= ``index`` must already be saved. Afterwards ``first_index()`` is
-        the first index still stored, which may be <= index + 1."""
+        the first index still stored, which may be <= index + 1. Blocking (fsyncs the
+        directory): call it from a worker thread."""
         with self._lock:
             self._check_usable()
-            snap_index = self._snapshot.metadata.index
+            snap_index = self._snapshot_written_index
             if snap_index < index:
                 raise InvariantViolation(
                     "compaction beyond the snapshot",
@@ -418,7 +578,10 @@ class DurableLog:
                     actual=f"snapshot at {snap_index}",
                     likely_cause="compact() called before save_snapshot()",
                 )
-            self._compact_locked(index)
+            with self._io("compact"):
+                removed = self._compact_locked(index)
+        if removed:
+            self._fsync_dir("compact")
 
     def segments(self) -> list[SegmentInfo]:
         with self._lock:
@@ -426,8 +589,20 @@ class DurableLog:
 
     @property
     def dirty(self) -> bool:
-        """Whether something was written since the last ``sync()`` began."""
-        return bool(self._dirty) or self._dir_dirty or self._vote_dirty
+        """Whether work awaits ``sync()``: data, directory entries, a hard state change, a
+        snapshot to write or segments to remove (everything the loop-side calls deferred)."""
+        return (
+            bool(self._dirty)
+            or self._dir_dirty
+            or self._state_dirty
+            or self._pending_snapshot is not None
+            or bool(self._pending_unlinks)
+        )
+
+    @property
+    def failed(self) -> StorageFailed | None:
+        """The failure that stopped this log, or None."""
+        return self._failure
 
     @property
     def fsyncs_performed(self) -> int:
@@ -435,36 +610,42 @@ class DurableLog:
         return self._fsyncs_performed
 
     def sync(self) -> None:
-        """Make every append that returned before this call durable (blocking).
-
-        Safe to call from a worker thread while the writer thread keeps appending."""
+        """Make everything recorded before this call durable (blocking; from a worker thread,
+        while the loop keeps appending). Raises ``StorageFailed`` (and fails the log) if any
+        write or sync fails: then nothing of it may be reported durable."""
         with self._sync_lock:
             with self._lock:
                 self._check_usable()
-                to_sync = list(self._dirty.values()) if self._fsync else []
-                fds = [os.dup(segment.fd) for segment in to_sync]
-                dir_dirty = self._dir_dirty and self._fsync
+                to_sync = list(self._dirty.values())
                 self._dirty.clear()
+                dir_dirty = self._dir_dirty
                 self._dir_dirty = False
+                fds: list[int] = []
+                try:
+                    if self._fsync:
+                        for segment in to_sync:
+                            # The ack mark first: once this sync returns, the mark on disk is
+                            # >= every index of the segment it covers (segment docstring).
+                            segment.write_mark(segment.last_index)
+                            fds.append(self._fs.dup(segment.fd))
+                    for segment in to_sync:
+                        self._retire_locked(segment)
+                except OSError as exc:
+                    for fd in fds:
+                        self._fs.close(fd)
+                    raise self._fail("sync", exc) from exc
             try:
-                for fd in fds:
-                    os.fdatasync(fd)
-                    self._fsyncs_performed += 1
-                if dir_dirty:
-                    fsync_dir(self.directory)
-            except OSError as exc:
-                # After a failed fsync the page cache state is unknown (fsyncgate): refuse
-                # to continue rather than acknowledge writes that may be gone.
-                self._failure = exc
-                self._log("sync_failed", directory=str(self.directory), error=str(exc))
-                raise
+                self._flush_snapshot_and_unlinks()
+                with self._io("sync"):
+                    for fd in fds:
+                        self._fs.fdatasync(fd)
+                        self._fsyncs_performed += 1
+                if dir_dirty and self._fsync:
+                    self._fsync_dir("sync")
             finally:
                 for fd in fds:
-                    os.close(fd)
-            with self._hs_lock:
-                if self._vote_dirty:
-                    self._vote_dirty = False
-                    self._write_hard_state_locked(self._hs)
+                    self._fs.close(fd)
+            self._flush_state()
             self._maybe_flush_commit(force=False)
 
     def close(self) -> None:
@@ -479,6 +660,7 @@ class DurableLog:
             with self._lock:
                 for segment in self._segments.values():
                     segment.close()
+                self._lru.clear()
                 self._closed = True
 
     def __enter__(self) -> DurableLog:
@@ -492,13 +674,75 @@ class DurableLog:
     def _check_usable(self) -> None:
         if self._closed:
             raise ValueError(f"log {self.directory} is closed")
-        if self._failure is not None:
-            raise OSError(f"log {self.directory} failed an earlier fsync") from self._failure
+        failure = self._failure
+        if failure is not None:
+            raise StorageFailed(
+                str(self.directory), "an earlier " + failure.operation, failure.error
+            )
+
+    def _fail(self, operation: str, exc: OSError) -> StorageFailed:
+        """Mark the log failed (first failure wins) and return the error to raise."""
+        if isinstance(exc, StorageFailed):
+            return exc
+        error = StorageFailed(str(self.directory), operation, exc)
+        if self._failure is None:
+            self._failure = error
+            self._log("storage_failed", directory=str(self.directory), operation=operation,
+                      error=str(exc))  # fmt: skip
+        return error
+
+    @contextmanager
+    def _io(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise self._fail(operation, exc) from exc
+
+    def _fsync_dir(self, operation: str) -> None:
+        """Any thread, no lock held."""
+        if not self._fsync:
+            return
+        with self._io(operation):
+            self._fs.fsync_dir(self.directory)
 
     def _segment_for(self, index: int) -> Segment:
         position = self._segments.bisect_right(index) - 1
         segment: Segment = self._segments.peekitem(position)[1]
         return segment
+
+    def _is_active(self, segment: Segment) -> bool:
+        return bool(self._segments) and self._segments.peekitem(-1)[1] is segment
+
+    def _open_for_read(self, segment: Segment) -> None:
+        segment.ensure_open()
+        if self._is_active(segment) or segment.first_index in self._dirty:
+            return
+        self._lru[segment.first_index] = segment
+        self._lru.move_to_end(segment.first_index)
+        self._trim_lru_locked()
+
+    def _retire_locked(self, segment: Segment) -> None:
+        """A segment just synced: keep it open only if active or in the read LRU."""
+        if self._is_active(segment) or segment.first_index in self._dirty:
+            return
+        if self._segments.get(segment.first_index) is not segment:
+            return  # removed meanwhile (already closed)
+        if segment.first_index not in self._lru:
+            segment.close()
+
+    def _trim_lru_locked(self) -> None:
+        while len(self._lru) > self._max_open:
+            _, old = self._lru.popitem(last=False)
+            if not self._is_active(old) and old.first_index not in self._dirty:
+                old.close()
+
+    def _drop_segment_locked(self, segment: Segment, *, unlink: bool) -> None:
+        self._dirty.pop(segment.first_index, None)
+        self._lru.pop(segment.first_index, None)
+        if unlink:
+            segment.remove()
+        else:
+            segment.close()
 
     def _term_locked(self, index: int) -> int:
         cache_offset = index - self._cache_lo
@@ -517,29 +761,25 @@ class DurableLog:
         return self._segment_for(index).term_at(index)
 
     def _truncate_suffix_locked(self, start: int) -> None:
+        """Buffered. New entries go to a new segment (``_roll_next``), never over old frames
+        in place: after a power loss either the cut is durable or the new segment was never
+        acknowledged and recovery drops it (module docstring)."""
         if self._segments:
             head = self._segments.peekitem(0)[1]
             self._base_index, self._base_term = head.first_index - 1, head.prev_term
         removed = 0
         while self._segments and self._segments.peekitem(-1)[1].first_index >= start:
             _, segment = self._segments.popitem(-1)
-            self._dirty.pop(segment.first_index, None)
-            segment.remove()
+            self._drop_segment_locked(segment, unlink=True)
             removed += 1
-        cut: Segment | None = None
         if self._segments:
             tail = self._segments.peekitem(-1)[1]
             if tail.last_index >= start:
+                tail.ensure_open()
                 tail.truncate_from(start)
-                cut = tail
-        # A rewrite of stored entries is made durable now: otherwise a crash could leave
-        # new frames behind a truncation that never reached the disk (module docstring).
-        if self._fsync:
-            if cut is not None:
-                os.fdatasync(cut.fd)
-            if removed:
-                fsync_dir(self.directory)
-        elif removed:
+                self._dirty[tail.first_index] = tail
+                self._roll_next = True
+        if removed:
             self._dir_dirty = True
         if start < self._cache_lo:
             self._cache.clear()
@@ -552,6 +792,9 @@ class DurableLog:
 
     def _write_locked(self, entries: Sequence[Entry]) -> None:
         segment = self._segments.peekitem(-1)[1] if self._segments else None
+        if segment is not None and self._roll_next:
+            self._roll_locked(segment)
+            segment = None
         last_term = self.last_term()
         frames: list[bytes] = []
         terms: list[int] = []
@@ -565,6 +808,8 @@ class DurableLog:
                 and segment.size_bytes + pending_bytes + len(frame) > self._segment_bytes
             ):
                 if frames:
+                    self._dirty[segment.first_index] = segment
+                    segment.ensure_open()
                     segment.append(frames, terms)
                     frames, terms, pending_bytes = [], [], 0
                 self._roll_locked(segment)
@@ -574,17 +819,16 @@ class DurableLog:
             pending_bytes += len(frame)
             last_term = entry.term
         if segment is not None and frames:
-            segment.append(frames, terms)
             self._dirty[segment.first_index] = segment
+            segment.ensure_open()  # the tail may have been closed while it was not active
+            segment.append(frames, terms)
 
     def _roll_locked(self, segment: Segment) -> None:
-        # The closed segment is made complete on disk before the next one exists, so a
-        # bad frame in a non-last segment can only be corruption, never a torn write.
-        if self._fsync:
-            os.fdatasync(segment.fd)
-            self._dirty.pop(segment.first_index, None)
-        else:
-            self._dirty[segment.first_index] = segment
+        # No fsync here (the loop never waits on the disk): the old segment stays dirty and
+        # the next sync fdatasyncs it together with the new one and the directory.
+        if segment.fd >= 0 and segment.first_index not in self._dirty:
+            self._lru[segment.first_index] = segment
+            self._trim_lru_locked()
         self._log(
             "segment_rolled",
             path=str(segment.path),
@@ -593,23 +837,35 @@ class DurableLog:
         )
 
     def _new_segment_locked(self, first_index: int, prev_term: int) -> Segment:
-        segment = Segment.create(self.directory, first_index, prev_term)
+        path = self.directory / f"{first_index:020d}.log"
+        if path in self._pending_unlinks:
+            # An old segment of a reset awaiting the snapshot's sync has this name. Its
+            # entries (and those of every later old segment) are past the snapshot and
+            # conflict with it, so they were never committed: removing them now is a plain
+            # suffix truncation, safe in any crash order.
+            for other, _ in list(self._pending_unlinks.items()):
+                other_first = parse_segment_file_name(other.name) or 0
+                if other_first >= first_index:
+                    del self._pending_unlinks[other]
+                    try:
+                        self._fs.unlink(other)
+                    except FileNotFoundError:
+                        pass
+        segment = Segment.create(self._fs, self.directory, first_index, prev_term)
         self._segments[first_index] = segment
         self._dirty[first_index] = segment
         self._dir_dirty = True
+        self._roll_next = False
         return segment
 
-    def _compact_locked(self, index: int) -> None:
-        dropped: list[Segment] = []
+    def _compact_locked(self, index: int) -> int:
+        dropped = 0
         while len(self._segments) > 1 and self._segments.peekitem(0)[1].last_index <= index:
             _, segment = self._segments.popitem(0)
-            self._dirty.pop(segment.first_index, None)
-            segment.remove()
-            dropped.append(segment)
+            self._drop_segment_locked(segment, unlink=True)
+            dropped += 1
         if not dropped:
-            return
-        if self._fsync:
-            fsync_dir(self.directory)
+            return 0
         first = self.first_index()
         while self._cache and self._cache_lo < first:
             self._cache_size_bytes -= self._cache.popleft().size()
@@ -617,26 +873,32 @@ class DurableLog:
         self._log(
             "segments_compacted",
             up_to_index=index,
-            segments_removed=len(dropped),
+            segments_removed=dropped,
             first_index=first,
         )
+        return dropped
 
-    def _reset_locked(self, index: int, term: int) -> None:
-        for segment in self._segments.values():
-            segment.remove()
+    def _reset_locked(self, index: int, term: int, *, after_snapshot: int | None) -> int:
+        """Drop every segment. With ``after_snapshot`` the files are removed only once the
+        snapshot at that index is durable (by ``sync()``); else at once (the caller fsyncs
+        the directory)."""
         removed = len(self._segments)
+        for segment in self._segments.values():
+            self._drop_segment_locked(segment, unlink=after_snapshot is None)
+            if after_snapshot is not None:
+                self._pending_unlinks[segment.path] = after_snapshot
         self._segments.clear()
         self._dirty.clear()
-        if removed:
-            if self._fsync:
-                fsync_dir(self.directory)
-            else:
-                self._dir_dirty = True
+        self._lru.clear()
+        self._roll_next = False
+        if removed and after_snapshot is None:
+            self._dir_dirty = True
         self._base_index, self._base_term = index, term
         self._cache.clear()
         self._cache_size_bytes = 0
         self._cache_lo = index + 1
         self._log("log_reset", index=index, term=term, segments_removed=removed)
+        return removed
 
     def _cache_add(self, entries: Sequence[Entry]) -> None:
         if not self._cache:
@@ -648,16 +910,69 @@ class DurableLog:
             self._cache_size_bytes -= self._cache.popleft().size()
             self._cache_lo += 1
 
-    def _write_hard_state_locked(self, hs: HardState) -> None:
-        """Caller holds _hs_lock."""
-        self._state_file.store(hs, self._bootstrap)
-        self._hs_written = hs
-        self._hs_written_at = self._clock()
+    # -- small files (no _lock held) --------------------------------------------------------
+
+    def _write_snapshot_file(self, snap: Snapshot, operation: str) -> None:
+        """Write ``snap`` to the snapshot file (durably under "always") unless a newer one
+        is already written. Serialized by ``_snap_lock``."""
+        with self._snap_lock:
+            if snap.metadata.index < self._snapshot_written_index:
+                return
+            with self._io(operation):
+                self._snapshot_file.store(snap)
+            self._snapshot_written_index = snap.metadata.index
+
+    def _flush_snapshot_and_unlinks(self) -> None:
+        """The pending snapshot first, then the segments it made obsolete (sync order)."""
+        with self._lock:
+            snap = self._pending_snapshot
+            self._pending_snapshot = None
+        if snap is not None:
+            self._write_snapshot_file(snap, "write snapshot")
+        with self._lock:
+            ready = [
+                path
+                for path, needs in self._pending_unlinks.items()
+                if needs <= self._snapshot_written_index
+            ]
+            with self._io("remove segments"):
+                for path in ready:
+                    del self._pending_unlinks[path]
+                    try:
+                        self._fs.unlink(path)
+                    except FileNotFoundError:
+                        pass
+        if ready:
+            self._fsync_dir("remove segments")
+
+    def _flush_state(self) -> None:
+        """Write the ``state`` file if a term/vote/membership change is pending."""
+        with self._hs_lock:
+            if not self._state_dirty:
+                return
+        self._write_state()
+
+    def _write_state(self) -> None:
+        with self._state_lock:
+            with self._hs_lock:
+                hs, bootstrap = self._hs, self._bootstrap
+                self._state_dirty = False
+            try:
+                self._state_file.store(hs, bootstrap)
+            except OSError as exc:
+                raise self._fail("write state", exc) from exc
+            with self._hs_lock:
+                self._hs_written = hs
+                self._hs_written_at = self._clock()
 
     def _maybe_flush_commit(self, *, force: bool) -> None:
         with self._hs_lock:
             if self._hs == self._hs_written:
                 return
             due = self._clock() - self._hs_written_at >= self._commit_flush_interval_s
-            if force or due:
-                self._write_hard_state_locked(self._hs)
+            if not (force or due):
+                return
+        self._write_state()
+
+
+__all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_SEGMENT_BYTES", "DurableLog", "FsyncPolicy"]

@@ -3,8 +3,8 @@
 Contract: this module owns the atomic-file helper every small file of raft/storage uses, and
 the encoding of the ``state`` file. It never touches segment files.
 
-Atomic write (the classic recipe): write ``<name>.tmp``, fsync it, rename it over ``<name>``,
-fsync the directory. A crash leaves either the old or the new file, plus maybe a stray
+All I/O goes through the ``FileSystem`` seam (raft.storage.fs). Atomic write (the classic
+recipe): write ``<name>.tmp``, fsync it, rename it over ``<name>``, fsync the directory. A crash leaves either the old or the new file, plus maybe a stray
 ``.tmp`` that :func:`remove_stale_temps` deletes at open: a temp file never wins, because it
 is only ever read after the rename made it the real file. The content is one CRC32C frame
 (raft.storage.frame), so a damaged file is reported as ``StorageCorruption`` rather than
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from raft.errors import StorageCorruption
 from raft.storage.frame import FRAME_HEADER, check_frame, encode_frame
+from raft.storage.fs import OS_FS, FileSystem, read_file, write_file_durably
 from raft.types import ConfState, HardState
 
 TEMP_SUFFIX = ".tmp"
@@ -33,48 +34,38 @@ _COUNT = struct.Struct("<I")
 _NODE = struct.Struct("<Q")
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make renames, creations and deletions in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, payload: bytes, *, fsync: bool) -> None:
+def write_atomic(path: Path, payload: bytes, *, fsync: bool, fs: FileSystem = OS_FS) -> None:
     """Replace ``path`` with one frame holding ``payload``, atomically.
 
-    With ``fsync`` the new content is durable on return (file and directory entry); without
-    it the rename is still atomic but a crash may bring back the old file.
+    With ``fsync`` the new content is durable on return (temp fsynced, renamed, directory
+    fsynced: ``write_file_durably``); without it the rename is still atomic and survives a
+    process crash (the page cache does), but a power loss may bring back the old file.
     """
-    temp = path.with_name(path.name + TEMP_SUFFIX)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        data = encode_frame(payload)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+    data = encode_frame(payload)
     if fsync:
-        fsync_dir(path.parent)
+        write_file_durably(fs, path, data)
+        return
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    fd = fs.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        offset = 0
+        while offset < len(view):
+            offset += fs.pwrite(fd, view[offset:], offset)
+    finally:
+        fs.close(fd)
+    fs.replace(temp, path)
 
 
-def read_atomic(path: Path) -> bytes | None:
+def read_atomic(path: Path, fs: FileSystem = OS_FS) -> bytes | None:
     """The payload of a file written by :func:`write_atomic`, or None if it does not exist.
 
     Raises ``StorageCorruption`` if the frame is damaged: a renamed file is always complete,
     so any damage here is not a torn write.
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not fs.exists(path):
         return None
+    data = read_file(fs, path)
     length, problem = check_frame(data, 0)
     if problem is not None:
         raise StorageCorruption(str(path), problem.byte_offset, problem.detail)
@@ -84,11 +75,15 @@ def read_atomic(path: Path) -> bytes | None:
     return data[FRAME_HEADER.size : end]
 
 
-def remove_stale_temps(directory: Path, logger: Callable[..., None]) -> None:
-    """Delete temp files left by an atomic write interrupted by a crash."""
-    for temp in sorted(directory.glob("*" + TEMP_SUFFIX)):
-        temp.unlink()
-        logger("stale_temp_removed", path=str(temp))
+def remove_stale_temps(
+    directory: Path, logger: Callable[..., None], fs: FileSystem = OS_FS
+) -> None:
+    """Delete temp files left by an atomic write interrupted by a crash (not durable until
+    the directory is fsynced; a temp file that comes back is removed again next time)."""
+    for name in sorted(fs.listdir(directory)):
+        if name.endswith(TEMP_SUFFIX):
+            fs.unlink(directory / name)
+            logger("stale_temp_removed", path=str(directory / name))
 
 
 def encode_conf_state(conf: ConfState) -> bytes:
@@ -134,19 +129,21 @@ def decode_state(path: Path, payload: bytes) -> tuple[HardState, ConfState]:
 class HardStateFile:
     """The ``state`` file of one log directory."""
 
-    def __init__(self, directory: Path, *, fsync: bool) -> None:
+    def __init__(self, directory: Path, *, fsync: bool, fs: FileSystem = OS_FS) -> None:
         self.path = directory / STATE_FILE_NAME
         self._fsync = fsync
+        self._fs = fs
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return self._fs.exists(self.path)
 
     def load(self) -> tuple[HardState, ConfState] | None:
-        payload = read_atomic(self.path)
+        payload = read_atomic(self.path, self._fs)
         if payload is None:
             return None
         return decode_state(self.path, payload)
 
     def store(self, hs: HardState, bootstrap: ConfState) -> None:
-        """Durable on return (when fsync is on)."""
-        write_atomic(self.path, encode_state(hs, bootstrap), fsync=self._fsync)
+        """Durable on return when fsync is on (blocking: call it off the event loop);
+        without fsync, written (survives a process crash) on return."""
+        write_atomic(self.path, encode_state(hs, bootstrap), fsync=self._fsync, fs=self._fs)

@@ -1,24 +1,29 @@
 """One segment file of the durable Raft log: a run of consecutive entries.
 
-Contract: a Segment owns one file descriptor and an in-memory index of its frames (file
-position and term of every entry). It validates and recovers its own file, appends frames
-at its end, cuts its suffix, and reads ranges back. It never fsyncs on its own initiative
-and knows nothing of other segments, snapshots or hard state: ``durable_log`` decides.
+Contract: a Segment owns (at most) one file handle of the ``FileSystem`` seam and an in-memory
+index of its frames (file position and term of every entry). It scans its own file, appends
+frames at its end, cuts its suffix, records its "acknowledged through" mark and reads ranges
+back. It never fsyncs on its own initiative and knows nothing of other segments, snapshots or
+hard state: ``durable_log`` decides, and decides what a problem found by :meth:`scan` means.
+Its handle may be closed while the segment stays in the log (``durable_log`` keeps only the
+active segment, unsynced ones and a few recently read ones open); :meth:`ensure_open` reopens.
 
 File layout: the name is the first index, zero-padded (``00000000000000000001.log``) so a
 directory listing sorts in log order. The file starts with a header frame
-``b"RLSG\\x01" [u64 first_index][u64 prev_term]`` -- ``prev_term`` is the term of the entry
+``b"RLSG\\x02" [u64 first_index][u64 prev_term]`` -- ``prev_term`` is the term of the entry
 just before the segment, which keeps ``term(first_index - 1)`` answerable after every older
-segment has been deleted by compaction -- followed by one CRC32C frame per entry
+segment has been deleted by compaction -- then a fixed 16-byte *ack mark* slot
+``[u64 acked_through][u32 crc32c][u32 0]``, then one CRC32C frame per entry
 (raft.storage.frame).
 
-Recovery (``Segment.recover``): every frame is checked. A torn tail (partial frame, a zero
-filled tail, or a bad CRC in the very last frame) is cut with ftruncate -- only when this is
-the last segment; anywhere else it is ``StorageCorruption``, as is any bad frame followed by
-more data, a header that does not match the name, or an index out of sequence. A length
-field that points past the end of the file looks torn, so before cutting we search for a
-valid frame of the next entry after it: if one exists, the frame was damaged in place and
-that is corruption too (cutting would drop complete entries). Nothing is ever skipped.
+The ack mark: ``sync()`` writes into every segment it fdatasyncs the last index of that
+segment it covers, *before* the fdatasync, so once a sync returns (and only then may anything
+in it be acknowledged) the mark on disk is >= every acknowledged index of the segment. A mark
+is written in place within one sector (old or new value, never a mix; a damaged slot reads as
+"unknown", which is treated as "everything may have been acknowledged"). A new segment starts
+with mark ``first_index - 1``: nothing in it acknowledged. Recovery uses it to tell a torn
+tail (damage only after the mark: never acknowledged, may be cut) from corruption (damage at
+or before the mark: loud). See docs/storage.md, "Recovery".
 
 Memory: two ``array('q')`` (position, term) per segment, 16 bytes per entry.
 """
@@ -28,7 +33,7 @@ from __future__ import annotations
 import os
 import struct
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +48,18 @@ from raft.storage.frame import (
     entry_size_of_frame,
     find_frame_after,
 )
+from raft.storage.fs import FileSystem
 from raft.types import Entry
 
 SEGMENT_SUFFIX = ".log"
-_MAGIC = b"RLSG\x01"
+_MAGIC = b"RLSG\x02"
 _HEADER = struct.Struct("<QQ")
+_MARK = struct.Struct("<QII")
 HEADER_FRAME_BYTES = FRAME_HEADER.size + len(_MAGIC) + _HEADER.size
+MARK_OFFSET = HEADER_FRAME_BYTES
+FIRST_FRAME_OFFSET = MARK_OFFSET + _MARK.size
+MARK_UNKNOWN = 1 << 62
+"""The mark of a segment whose mark slot is unreadable: treat everything as acknowledged."""
 
 
 def segment_file_name(first_index: int) -> str:
@@ -63,6 +74,11 @@ def parse_segment_file_name(name: str) -> int | None:
     return int(stem)
 
 
+def encode_mark(acked_through: int) -> bytes:
+    raw = struct.pack("<Q", acked_through)
+    return _MARK.pack(acked_through, crc_of(raw), 0)
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentInfo:
     """A segment as retention planning sees it. ``last_index`` is ``first_index - 1`` for a
@@ -74,14 +90,27 @@ class SegmentInfo:
     path: Path
 
 
-def _pread_exact(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
+@dataclass(frozen=True, slots=True)
+class ScanProblem:
+    """The first bad spot :meth:`Segment.scan` found: the segment's entries stop before it.
+
+    ``index`` is the index the frame at ``byte_offset`` should have held; ``next_valid`` is the
+    offset of a valid frame of a later entry found after it (None if none)."""
+
+    byte_offset: int
+    index: int
+    detail: str
+    next_valid: int | None
+
+
+def pread_exact(fs: FileSystem, fd: int, length: int, offset: int) -> bytes:
+    data = fs.pread(fd, length, offset)
     if len(data) == length:
         return data
     parts = [data]
     got = len(data)
     while got < length:
-        chunk = os.pread(fd, length - got, offset + got)
+        chunk = fs.pread(fd, length - got, offset + got)
         if not chunk:
             raise OSError(f"short read: wanted {length} bytes at {offset}, file ended at {got}")
         parts.append(chunk)
@@ -89,21 +118,32 @@ def _pread_exact(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def pwrite_all(fs: FileSystem, fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = fs.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
 
 
 class Segment:
-    """An open segment file. Not thread-safe: durable_log serializes access."""
+    """A segment of the log. Not thread-safe: durable_log serializes access."""
 
-    __slots__ = ("fd", "first_index", "path", "positions", "prev_term", "size_bytes", "terms")
+    __slots__ = (
+        "fd",
+        "first_index",
+        "fs",
+        "mark",
+        "path",
+        "positions",
+        "prev_term",
+        "size_bytes",
+        "terms",
+    )
 
     def __init__(
         self,
+        fs: FileSystem,
         path: Path,
         fd: int,
         first_index: int,
@@ -111,7 +151,9 @@ class Segment:
         size_bytes: int,
         positions: array[int],
         terms: array[int],
+        mark: int,
     ) -> None:
+        self.fs = fs
         self.path = path
         self.fd = fd
         self.first_index = first_index
@@ -119,113 +161,107 @@ class Segment:
         self.size_bytes = size_bytes
         self.positions = positions
         self.terms = terms
+        self.mark = mark  # the acked-through mark last written to the file (not yet durable)
 
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: Path, first_index: int, prev_term: int) -> Segment:
-        """A new, empty segment; its header is written (not fsynced)."""
+    def create(cls, fs: FileSystem, directory: Path, first_index: int, prev_term: int) -> Segment:
+        """A new, empty segment; header and mark written (neither fsynced, nor is the new
+        directory entry: ``durable_log`` fsyncs the directory before reporting it durable)."""
         path = directory / segment_file_name(first_index)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = fs.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         header = encode_frame(_MAGIC + _HEADER.pack(first_index, prev_term))
         try:
-            _pwrite_all(fd, header, 0)
+            pwrite_all(fs, fd, header + encode_mark(first_index - 1), 0)
         except BaseException:
-            os.close(fd)
+            fs.close(fd)
             raise
-        return cls(path, fd, first_index, prev_term, len(header), array("q"), array("q"))
+        return cls(
+            fs, path, fd, first_index, prev_term, FIRST_FRAME_OFFSET, array("q"), array("q"),
+            first_index - 1,
+        )  # fmt: skip
 
     @classmethod
-    def recover(
-        cls, path: Path, *, is_last: bool, fsync: bool, logger: Callable[..., None]
-    ) -> Segment | None:
-        """Open and validate an existing segment; cut a torn tail if ``is_last``.
+    def scan(cls, fs: FileSystem, path: Path) -> tuple[Segment | None, ScanProblem | None]:
+        """Open an existing segment and index every valid frame up to the first problem.
 
-        Returns None when the last segment's header itself is torn: such a file was being
-        created when the process died and holds nothing; it is deleted.
+        Returns (None, problem) when the header itself is unreadable, else (segment, problem
+        or None); the segment's entries stop before the problem and its file is left as is
+        (the caller cuts it with :meth:`cut_at` or raises). The handle stays open.
         """
         named_first = parse_segment_file_name(path.name)
         if named_first is None:
             raise StorageCorruption(str(path), 0, "not a segment file name")
-        fd = os.open(path, os.O_RDWR)
+        fd = fs.open(path, os.O_RDWR)
         try:
-            segment = cls._scan(path, fd, named_first, is_last=is_last, fsync=fsync, log=logger)
+            return cls._scan(fs, path, fd, named_first)
         except BaseException:
-            os.close(fd)
+            fs.close(fd)
             raise
-        if segment is None:
-            os.close(fd)
-            path.unlink()
-        return segment
 
     @classmethod
     def _scan(
-        cls,
-        path: Path,
-        fd: int,
-        named_first: int,
-        *,
-        is_last: bool,
-        fsync: bool,
-        log: Callable[..., None],
-    ) -> Segment | None:
-        size = os.fstat(fd).st_size
-        data = memoryview(_pread_exact(fd, size, 0))
-
-        def cut(offset: int, detail: str) -> None:
-            os.ftruncate(fd, offset)
-            if fsync:
-                os.fdatasync(fd)
-            log("torn_tail_truncated", path=str(path), offset=offset, detail=detail)
-
+        cls, fs: FileSystem, path: Path, fd: int, named_first: int
+    ) -> tuple[Segment | None, ScanProblem | None]:
+        size = fs.size(fd)
+        data = memoryview(pread_exact(fs, fd, size, 0))
         length, problem = check_frame(data, 0)
-        if problem is not None:
-            if problem.torn and is_last:
-                log("torn_tail_truncated", path=str(path), offset=0, detail=problem.detail)
-                return None
-            raise StorageCorruption(str(path), 0, f"segment header: {problem.detail}")
+        if problem is not None or size < FIRST_FRAME_OFFSET:
+            why = problem.detail if problem is not None else "partial ack mark"
+            if find_frame_after(data, FIRST_FRAME_OFFSET - 1, named_first) is not None:
+                # The header shares its page with the first frames: if they reached the disk,
+                # so did it. Damage to it now is damage to a complete file.
+                raise StorageCorruption(str(path), 0, f"segment header: {why}, entries follow")
+            fs.close(fd)
+            return None, ScanProblem(0, named_first, f"segment header: {why}", None)
         header = bytes(data[FRAME_HEADER.size : FRAME_HEADER.size + length])
         if length != len(_MAGIC) + _HEADER.size or not header.startswith(_MAGIC):
-            raise StorageCorruption(str(path), 0, "not a replog segment header")
+            raise StorageCorruption(str(path), 0, "not a replog segment header (version 2)")
         first_index, prev_term = _HEADER.unpack_from(header, len(_MAGIC))
         if first_index != named_first:
             raise StorageCorruption(
                 str(path), 0, f"header says first index {first_index}, name says {named_first}"
             )
+        mark, mark_crc, _ = _MARK.unpack_from(data, MARK_OFFSET)
+        if crc_of(bytes(data[MARK_OFFSET : MARK_OFFSET + 8])) != mark_crc:
+            mark = MARK_UNKNOWN
         positions: array[int] = array("q")
         terms: array[int] = array("q")
-        offset = HEADER_FRAME_BYTES
+        offset = FIRST_FRAME_OFFSET
         expected = first_index
+        last_term = prev_term
+        found: ScanProblem | None = None
+        detail: str | None
         while offset < size:
-            length, problem = check_frame(data, offset)
-            if problem is not None:
-                follower = None
-                if problem.torn:
-                    follower = find_frame_after(data, offset + 1, expected + 1)
-                if follower is not None:
-                    raise StorageCorruption(
-                        str(path),
-                        offset,
-                        f"{problem.detail}, yet a valid frame of entry {expected + 1} "
-                        f"follows at byte {follower}: the frame was damaged in place",
-                    )
-                if problem.torn and is_last:
-                    cut(offset, problem.detail)
-                    size = offset
-                    break
-                raise StorageCorruption(str(path), offset, problem.detail)
-            if length < ENTRY_HEADER.size:
-                raise StorageCorruption(str(path), offset, f"entry frame of only {length} bytes")
-            index, term, _type = ENTRY_HEADER.unpack_from(data, offset + FRAME_HEADER.size)
-            if index != expected:
-                raise StorageCorruption(
-                    str(path), offset, f"entry index {index} where {expected} was expected"
-                )
+            length, frame_problem = check_frame(data, offset)
+            detail = None
+            if frame_problem is not None:
+                detail = frame_problem.detail
+            elif length < ENTRY_HEADER.size:
+                detail = f"entry frame of only {length} bytes"
+            else:
+                index, term, _type = ENTRY_HEADER.unpack_from(data, offset + FRAME_HEADER.size)
+                if index != expected:
+                    detail = f"entry index {index} where {expected} was expected"
+                elif term < last_term:
+                    detail = f"entry {index} has term {term}, below the term {last_term} before it"
+            if detail is not None:
+                follower = find_frame_after(data, offset + 1, expected + 1)
+                found = ScanProblem(offset, expected, detail, follower)
+                break
             positions.append(offset)
             terms.append(term)
+            last_term = term
             expected += 1
             offset += FRAME_HEADER.size + length
-        return cls(path, fd, first_index, prev_term, size, positions, terms)
+        segment = cls(fs, path, fd, first_index, prev_term, offset, positions, terms, mark)
+        return segment, found
+
+    def ensure_open(self) -> int:
+        if self.fd < 0:
+            self.fd = self.fs.open(self.path, os.O_RDWR)
+        return self.fd
 
     # -- queries -------------------------------------------------------------------------
 
@@ -254,7 +290,8 @@ class Segment:
         would exceed ``budget_bytes`` (but taking one entry anyway if ``need_one``).
 
         Sizes come from the position index, so exactly the needed bytes are read, with one
-        pread. Every frame's CRC is checked again: bit rot is reported, not returned."""
+        pread. Every frame's CRC is checked again: bit rot is reported, not returned. The
+        handle must be open (``ensure_open``)."""
         first = lo - self.first_index
         stop = hi - self.first_index
         count = len(self.positions)
@@ -272,7 +309,7 @@ class Segment:
             return []
         start = self.positions[first]
         end = self.positions[j] if j < count else self.size_bytes
-        buf = memoryview(_pread_exact(self.fd, end - start, start))
+        buf = memoryview(pread_exact(self.fs, self.fd, end - start, start))
         entries: list[Entry] = []
         offset = 0
         for k in range(first, j):
@@ -284,15 +321,19 @@ class Segment:
             offset += FRAME_HEADER.size + length
         return entries
 
-    # -- mutation ------------------------------------------------------------------------
+    # -- mutation (the handle must be open) ----------------------------------------------
 
     def append(self, frames: Sequence[bytes], terms: Sequence[int]) -> None:
-        """Append frames of the next entries (one pwrite). Not durable until fdatasync."""
+        """Append frames of the next entries (one pwrite). Not durable until fdatasync.
+
+        The position index changes only after the write succeeded: if it raises, this
+        segment is exactly as before (the file may hold a partial frame past ``size_bytes``,
+        which recovery cuts as a torn tail: it lies after the ack mark)."""
+        pwrite_all(self.fs, self.fd, b"".join(frames), self.size_bytes)
         position = self.size_bytes
         for frame in frames:
             self.positions.append(position)
             position += len(frame)
-        _pwrite_all(self.fd, b"".join(frames), self.size_bytes)
         self.terms.extend(terms)
         self.size_bytes = position
 
@@ -300,16 +341,32 @@ class Segment:
         """Drop entries >= ``index`` (which must be within this segment, > first_index)."""
         keep = index - self.first_index
         new_size = self.positions[keep]
-        os.ftruncate(self.fd, new_size)
+        self.fs.ftruncate(self.fd, new_size)
         del self.positions[keep:]
         del self.terms[keep:]
         self.size_bytes = new_size
+        if self.mark >= index:
+            # Lower the mark at once (buffered) so a power loss before the next sync is less
+            # likely to see new frames before a stale, higher mark (that would be reported as
+            # corruption: loud, never silent).
+            self.write_mark(index - 1)
+
+    def cut_at(self, offset: int) -> None:
+        """Recovery: drop the bytes from ``offset`` on (the scan already stopped there)."""
+        self.fs.ftruncate(self.fd, offset)
+        self.size_bytes = offset
+
+    def write_mark(self, acked_through: int) -> None:
+        """Record (buffered) that entries through ``acked_through`` may be acknowledged once
+        the next fdatasync of this file returns."""
+        pwrite_all(self.fs, self.fd, encode_mark(acked_through), MARK_OFFSET)
+        self.mark = acked_through
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            self.fs.close(fd)
 
     def remove(self) -> None:
         self.close()
-        self.path.unlink(missing_ok=True)
+        self.fs.unlink(self.path)

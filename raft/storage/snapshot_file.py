@@ -17,6 +17,7 @@ from pathlib import Path
 
 from raft.errors import StorageCorruption
 from raft.storage.frame import FRAME_HEADER
+from raft.storage.fs import OS_FS, FileSystem
 from raft.storage.hard_state import decode_conf_state, encode_conf_state, read_atomic, write_atomic
 from raft.types import Snapshot, SnapshotMetadata
 
@@ -44,17 +45,22 @@ def decode_snapshot(path: Path, payload: bytes) -> Snapshot:
 
 
 class SnapshotFile:
-    def __init__(self, directory: Path, *, fsync: bool) -> None:
+    def __init__(self, directory: Path, *, fsync: bool, fs: FileSystem = OS_FS) -> None:
         self.path = directory / SNAPSHOT_FILE_NAME
         self._fsync = fsync
+        self._fs = fs
+
+    def exists(self) -> bool:
+        return self._fs.exists(self.path)
 
     def load(self) -> Snapshot:
         """The stored snapshot, or an empty one (index 0) if none was ever saved."""
-        payload = read_atomic(self.path)
+        payload = read_atomic(self.path, self._fs)
         if payload is None:
             return Snapshot()
         return decode_snapshot(self.path, payload)
 
     def store(self, snap: Snapshot) -> None:
-        """Durable on return (when fsync is on)."""
-        write_atomic(self.path, encode_snapshot(snap), fsync=self._fsync)
+        """Durable on return when fsync is on (blocking: call it off the event loop);
+        without fsync, written (survives a process crash) on return."""
+        write_atomic(self.path, encode_snapshot(snap), fsync=self._fsync, fs=self._fs)

@@ -225,6 +225,10 @@ def test_apply_snapshot_drops_all_entries(tmp_path: Path) -> None:
     log.apply_snapshot(snap)
     assert (log.first_index(), log.last_index(), log.term(10)) == (11, 10, 1)
     assert log.snapshot() == snap
+    assert log.dirty  # the snapshot file and the segment removal wait for sync()
+    assert len(list(tmp_path.glob("*.log"))) > 1
+    log.sync()
+    assert not log.dirty
     assert list(tmp_path.glob("*.log")) == []
     log.close()
     with DurableLog(tmp_path) as reopened:

@@ -28,10 +28,26 @@ class Events:
         return [fields for event, fields in self.seen if event == name]
 
 
-def write_log(directory: Path, entries: list[Entry], segment_bytes: int = 1 << 20) -> None:
+def write_log(
+    directory: Path, entries: list[Entry], segment_bytes: int = 1 << 20, acked: int | None = None
+) -> None:
+    """Write ``entries``; the first ``acked`` (default all) are synced (acknowledged), the rest
+    only written, then the process "crashes" (no sync, no close: the page cache keeps them)."""
     log = DurableLog(directory, segment_bytes=segment_bytes)
-    log.append(entries)
-    log.close()
+    acked = len(entries) if acked is None else acked
+    log.append(entries[:acked])
+    log.sync()
+    if acked == len(entries):
+        log.close()
+        return
+    log.append(entries[acked:])
+    abandon(log)
+
+
+def abandon(log: DurableLog) -> None:
+    """A process crash: handles close, nothing more is written or synced."""
+    for segment in log._segments.values():
+        segment.close()
 
 
 def segment_files(directory: Path) -> list[Path]:
@@ -60,7 +76,7 @@ def flip_byte(path: Path, offset: int) -> None:
 
 def test_every_cut_inside_the_last_frame_recovers_to_the_previous_entry(tmp_path: Path) -> None:
     entries = make_entries(1, 6, term=1)
-    write_log(tmp_path, entries)
+    write_log(tmp_path, entries, acked=4)  # the last frame was never acknowledged
     (path,) = segment_files(tmp_path)
     original = path.read_bytes()
     last_frame = encode_entry(entries[-1])
@@ -74,7 +90,9 @@ def test_every_cut_inside_the_last_frame_recovers_to_the_previous_entry(tmp_path
         assert log.entries(1, 5) == entries[:4]
         torn = events.named("torn_tail_truncated")
         if cut > last_start:
-            assert torn == [{"path": str(path), "offset": last_start, "detail": torn[0]["detail"]}]
+            assert [(t["path"], t["offset"], t["ack_mark"]) for t in torn] == [
+                (str(path), last_start, 4)
+            ]
         else:
             assert torn == []
         assert path.stat().st_size == last_start
@@ -115,7 +133,7 @@ def test_zero_filled_tail_is_a_torn_write(tmp_path: Path) -> None:
 
 def test_bad_crc_in_the_last_frame_is_a_torn_tail(tmp_path: Path) -> None:
     entries = make_entries(1, 6, term=1)
-    write_log(tmp_path, entries)
+    write_log(tmp_path, entries, acked=4)
     (path,) = segment_files(tmp_path)
     size = path.stat().st_size
     flip_byte(path, size - 3)
@@ -169,15 +187,29 @@ def test_missing_middle_segment_is_corruption(tmp_path: Path) -> None:
 
 
 def test_out_of_sequence_index_is_corruption(tmp_path: Path) -> None:
+    entries = make_entries(1, 6, term=1)
+    write_log(tmp_path, entries)
+    (path,) = segment_files(tmp_path)
+    offsets = frame_offsets(path, 1, 5)
+    data = bytearray(path.read_bytes())
+    wrong = encode_entry(Entry(9, 1, data=entries[2].data))  # valid CRC, wrong index
+    data[offsets[2] : offsets[2] + len(wrong)] = wrong
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageCorruption, match="index 9 where 3") as info:
+        DurableLog(tmp_path)
+    assert info.value.byte_offset == offsets[2]
+
+
+def test_valid_frames_after_the_ack_mark_are_cut_whatever_they_hold(tmp_path: Path) -> None:
     write_log(tmp_path, make_entries(1, 6, term=1))
     (path,) = segment_files(tmp_path)
     size = path.stat().st_size
-    with path.open("ab") as handle:  # a frame with a valid CRC but the wrong index
+    with path.open("ab") as handle:  # never acknowledged: past the mark (5)
         handle.write(encode_entry(Entry(9, 1, data=b"x")))
         handle.write(encode_entry(Entry(10, 1, data=b"y")))
-    with pytest.raises(StorageCorruption, match="index 9 where 6") as info:
-        DurableLog(tmp_path)
-    assert info.value.byte_offset == size
+    with DurableLog(tmp_path) as log:
+        assert log.last_index() == 5
+    assert path.stat().st_size == size
 
 
 def test_renamed_segment_is_corruption(tmp_path: Path) -> None:
