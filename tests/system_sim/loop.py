@@ -242,7 +242,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                 target = max(self._virtual_now, when)
         if self.max_virtual_s is not None and target > self.max_virtual_s:
             raise VirtualTimeExceeded(
-                f"virtual-time budget exceeded: the next timer is at {target:.6f} s, the budget "
+                f"virtual-time budget exceeded: the next timer is at {target:.9f} s, the budget "
                 f"is {self.max_virtual_s} s (step {self.steps})",
                 steps=self.steps,
                 virtual_s=self._virtual_now,
