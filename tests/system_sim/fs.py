@@ -80,11 +80,27 @@ class DiskCosts:
 
 
 class _File:
-    __slots__ = ("current", "durable")
+    """``current[:dirty_lo] == durable[:dirty_lo]`` (both at least that long); ``dirty_lo`` is
+    None when they are equal. So a sync copies only the bytes changed since the last one
+    (an appended segment costs its appended bytes, not its size)."""
+
+    __slots__ = ("current", "dirty_lo", "durable")
 
     def __init__(self) -> None:
         self.current = bytearray()
         self.durable = bytearray()
+        self.dirty_lo: int | None = None
+
+    def mark(self, offset: int) -> None:
+        """Bytes from ``offset`` on may differ from durable (``offset`` <= current size)."""
+        if self.dirty_lo is None or offset < self.dirty_lo:
+            self.dirty_lo = offset
+
+    def sync(self) -> None:
+        lo = self.dirty_lo
+        if lo is not None:
+            self.durable[lo:] = self.current[lo:]
+            self.dirty_lo = None
 
 
 class _Dir:
@@ -211,8 +227,10 @@ class SimDisk:
                     self._revert_file(node, torn)
 
     def _revert_file(self, f: _File, torn: bool) -> None:
-        if f.current == f.durable:
+        dirty_lo = f.dirty_lo
+        if dirty_lo is None:
             return
+        f.dirty_lo = None
         if not torn:
             f.current = bytearray(f.durable)
             return
@@ -222,7 +240,8 @@ class SimDisk:
         result = bytearray(old[:size])
         if len(result) < size:
             result.extend(bytes(size - len(result)))
-        for start in range(0, size, PAGE_SIZE):
+        first_page = (dirty_lo // PAGE_SIZE) * PAGE_SIZE  # pages below it are equal
+        for start in range(first_page, size, PAGE_SIZE):
             end = min(size, start + PAGE_SIZE)
             # past the new size (a truncation) the page keeps what it had
             written = bytes(new[start:end]) + bytes(result[start + len(new[start:end]) : end])
@@ -405,9 +424,10 @@ class SimFileSystem:
                 if writable:
                     raise _oserror(errno.EISDIR, "Is a directory", p)
                 return self._new_fd(_Fd(node, p, True, False))
-            if flags & os.O_TRUNC and writable:
+            if flags & os.O_TRUNC and writable and node.current:
                 self.disk._maybe_fail(self.disk._write_rules, p, "write")
-                node.current = bytearray()
+                node.mark(0)
+                del node.current[:]
         else:
             if not flags & os.O_CREAT:
                 raise _oserror(errno.ENOENT, "No such file or directory", p)
@@ -456,6 +476,8 @@ class SimFileSystem:
         self.disk._maybe_fail(self.disk._write_rules, entry.path, "write")
         raw = bytes(data)
         end = offset + len(raw)
+        if raw or offset > len(f.current):
+            f.mark(min(offset, len(f.current)))
         if len(f.current) < offset:
             f.current.extend(bytes(offset - len(f.current)))
         f.current[offset:end] = raw
@@ -481,6 +503,8 @@ class SimFileSystem:
             raise _oserror(errno.EINVAL, "Invalid argument", entry.path)
         f = entry.node
         self.disk._maybe_fail(self.disk._write_rules, entry.path, "write")
+        if length != len(f.current):
+            f.mark(min(length, len(f.current)))
         if length <= len(f.current):
             del f.current[length:]
         else:
@@ -497,7 +521,7 @@ class SimFileSystem:
             node.durable = dict(node.current)
         else:
             self.disk.syncs += 1
-            node.durable = bytearray(node.current)
+            node.sync()
 
     def fsync(self, fd: int) -> None:
         self._check()
