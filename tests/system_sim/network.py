@@ -541,6 +541,9 @@ class SimLink:
     async def send(self, batch: pb.RaftBatch) -> None:
         if not isinstance(batch, pb.RaftBatch):
             raise TypeError(f"a link carries RaftBatch, not {type(batch).__name__}")
+        # a gRPC write yields to the loop; so does this, so that other tasks interleave with a
+        # sender as they do in production
+        await asyncio.sleep(0)
         net = self._net
         if self._failure:
             raise ConnectionError(self._failure)
