@@ -89,16 +89,12 @@ class BrokerNode:
             segment_bytes=cfg.storage.segment_bytes,
             raft_logger=self._raft_logger,
         )
-        self.transport = PeerTransport(
-            node_id=self.node_id,
-            cluster_id=cfg.node.cluster_id,
+        self.transport = PeerTransport.from_config(
+            cfg,
             network=env.network,
             resolve_address=self.peer_address,
             on_unreachable=lambda peer, groups: self.runtime.report_unreachable(peer, groups),
-            outbox_max_messages=cfg.server.outbox_max_messages,
-            backoff_ms=cfg.server.reconnect_backoff_ms,
-            backoff_max_ms=cfg.server.reconnect_backoff_max_ms,
-            max_message_bytes=cfg.server.grpc_max_message_bytes,
+            on_snapshot_status=lambda peer, gid, ok: self.runtime.report_snapshot(peer, gid, ok),
             log=self.log,
         )
         self.runtime = Runtime(
@@ -632,8 +628,7 @@ class BrokerNode:
         self.runtime.abandon()
         for t in [*self._tasks, *self._background]:
             t.cancel()
-        with contextlib.suppress(Exception):
-            self.transport.abandon()
+        self.transport.abandon()
 
     async def transfer_leadership_away(self) -> None:
         loop = asyncio.get_running_loop()

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from partition.state import (
+    Append,
     Appended,
     Duplicate,
+    DuplicateOf,
     FetchResult,
     PartitionState,
     Rejected,
@@ -210,10 +212,36 @@ class PartitionReplica:
             raise self._not_leader()
 
     async def produce(self, batch: bytes, *, acks_leader: bool, timeout_s: float) -> ProduceResult:
+        """Validates and decides idempotence BEFORE proposing (#12 defect 8): a duplicate is
+        answered with its original offsets and a rejected batch with its error, never proposed,
+        so ``acks=leader`` never reports as written a batch that apply would refuse."""
         self.ensure_leader()
-        stamped, base_offset, last_offset = self.state.stamp(batch)
+        admission = self.state.admit(batch, now_ms=self._wall_clock_ms())
+        if isinstance(admission, Rejected):
+            raise admission.error
+        if isinstance(admission, DuplicateOf):
+            fut = self._duplicate_answer(admission)
+        else:
+            fut = self._propose(admission, acks_leader)
+        self._touch(self.group_id)
         try:
-            index = self.node.propose(stamped)
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            raise timed_out(f"produce to {self.what}") from None
+
+    def _duplicate_answer(self, dup: DuplicateOf) -> asyncio.Future[ProduceResult]:
+        answer = ProduceResult(dup.base_offset, dup.last_offset, self.state.log_start_offset, True)
+        if not dup.pending_index:
+            fut: asyncio.Future[ProduceResult] = asyncio.get_running_loop().create_future()
+            fut.set_result(answer)
+            return fut
+        # The original is in the log but not applied yet: answer when it is (whatever the
+        # acks mode, so the answer is never ahead of the original's fate).
+        return self._waiters.add(dup.pending_index, dup.pending_term, lambda _r: answer)
+
+    def _propose(self, admission: Append, acks_leader: bool) -> asyncio.Future[ProduceResult]:
+        try:
+            index = self.node.propose(admission.data)
         except NotLeader:
             raise self._not_leader() from None
         except ProposalDropped as exc:
@@ -224,17 +252,11 @@ class PartitionReplica:
                 hint="retry after a short back-off",
             ) from None
         term = self.node.term
-        self.state.on_log_append((Entry(index, term, EntryType.NORMAL, stamped),))
+        self.state.on_log_append((Entry(index, term, EntryType.NORMAL, admission.data),))
         if acks_leader:
-            self._leader_offsets[index] = (base_offset, last_offset)
-            fut = self._leader_waiters.add(index, term)
-        else:
-            fut = self._waiters.add(index, term)
-        self._touch(self.group_id)
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            raise timed_out(f"produce to {self.what}") from None
+            self._leader_offsets[index] = (admission.base_offset, admission.last_offset)
+            return self._leader_waiters.add(index, term)
+        return self._waiters.add(index, term)
 
     # ------------------------------------------------------------------ fetch
     def _read(self, lo: int, hi: int, max_bytes: int) -> Sequence[Entry]:

@@ -18,14 +18,18 @@ T = TypeVar("T")
 
 class ProposalWaiters(Generic[T]):
     def __init__(self) -> None:
-        self._waiters: dict[int, tuple[int, asyncio.Future[T]]] = {}
+        self._waiters: dict[int, list[tuple[int, asyncio.Future[T], Callable[[T], T] | None]]] = {}
 
     def __len__(self) -> int:
         return len(self._waiters)
 
-    def add(self, index: int, term: int) -> asyncio.Future[T]:
+    def add(
+        self, index: int, term: int, transform: Callable[[T], T] | None = None
+    ) -> asyncio.Future[T]:
+        """Waits for the entry at (``index``, ``term``). Several callers may wait for one entry
+        (a retried batch waits for its original); ``transform`` adapts the shared outcome."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiters[index] = (term, fut)
+        self._waiters.setdefault(index, []).append((term, fut, transform))
         return fut
 
     def resolve(
@@ -37,29 +41,36 @@ class ProposalWaiters(Generic[T]):
     ) -> None:
         """The entry (``index``, ``term``) was applied; ``outcome()`` gives the result or raises
         the typed rejection (called only if somebody waits for this index)."""
-        waiter = self._waiters.pop(index, None)
-        if waiter is None:
-            return
-        proposed_term, fut = waiter
-        if fut.done():
-            return
-        if term != proposed_term:
-            fut.set_exception(overwritten())
+        waiters = self._waiters.pop(index, None)
+        if not waiters:
             return
         try:
-            fut.set_result(outcome())
+            result: T | None = outcome()
+            error: BaseException | None = None
         except Exception as exc:
-            fut.set_exception(exc)
+            result, error = None, exc
+        for proposed_term, fut, transform in waiters:
+            if fut.done():
+                continue
+            if term != proposed_term:
+                fut.set_exception(overwritten())
+            elif error is not None:
+                fut.set_exception(error)
+            else:
+                assert result is not None
+                fut.set_result(transform(result) if transform else result)
 
     def resolve_through(self, index: int, outcome: Callable[[int], T]) -> None:
         """Resolves every waiter at or below ``index`` (acks=leader: durable on the leader)."""
         for idx in [i for i in self._waiters if i <= index]:
-            _term, fut = self._waiters.pop(idx)
-            if not fut.done():
-                fut.set_result(outcome(idx))
+            for _term, fut, transform in self._waiters.pop(idx):
+                if not fut.done():
+                    result = outcome(idx)
+                    fut.set_result(transform(result) if transform else result)
 
     def fail_all(self, error: BaseException) -> None:
         waiters, self._waiters = self._waiters, {}
-        for _term, fut in waiters.values():
-            if not fut.done():
-                fut.set_exception(error)
+        for entries in waiters.values():
+            for _term, fut, _transform in entries:
+                if not fut.done():
+                    fut.set_exception(error)

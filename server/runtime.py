@@ -75,7 +75,6 @@ class Group:
         "quiet_ticks",
         "removed",
         "replica",
-        "snapshot_peers",
     )
 
     def __init__(self, group_id: int, node: RawNode, log: DurableLog, replica: Replica) -> None:
@@ -89,7 +88,6 @@ class Group:
         self.jobs_in_flight = 0  # persistence jobs submitted and not yet completed
         self.quiesced = False  # idle: not ticked (see the quiescence notes above)
         self.quiet_ticks = 0  # consecutive leader ticks with nothing to replicate
-        self.snapshot_peers: set[int] = set()  # peers we sent a snapshot to, not yet reported
 
 
 def _noop() -> None:
@@ -184,16 +182,25 @@ class Runtime:
                 continue
             try:
                 group.node.report_unreachable(peer_id)
-                if peer_id in group.snapshot_peers:
-                    # The snapshot may have been in what was lost: let the leader resend it
-                    # instead of waiting in SNAPSHOT state until leadership changes.
-                    group.snapshot_peers.discard(peer_id)
-                    group.node.report_snapshot(peer_id, False)
             except Exception as exc:
                 self._fail(group, exc)
                 continue
             self._touched.add(gid)
         self._wake.set()
+
+    def report_snapshot(self, peer_id: int, group_id: int, ok: bool) -> None:
+        """The transport handed every chunk of a snapshot to the link (ok) or lost it. Either
+        way the leader's progress for that follower leaves SNAPSHOT state (etcd's
+        ReportSnapshot), instead of pausing until leadership changes (#12 defect 6)."""
+        group = self.groups.get(group_id)
+        if group is None or group.failed is not None:
+            return
+        try:
+            group.node.report_snapshot(peer_id, ok)
+        except Exception as exc:
+            self._fail(group, exc)
+            return
+        self.touch(group_id)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -333,13 +340,10 @@ class Runtime:
         self._write(group, rd)
         for msg in rd.messages:
             self.transport.enqueue(group.group_id, msg)
-            if msg.type == MessageType.SNAPSHOT:
-                group.snapshot_peers.add(msg.to)
         self._apply(group, rd)
         needs_sync = rd.must_sync or bool(rd.entries) or rd.snapshot is not None
         if not needs_sync and not group.jobs_in_flight:
             node.on_persisted(rd.number)
-            self._report_snapshots_sent(group)
             if node.has_ready():
                 self._touched.add(group.group_id)
             return
@@ -348,14 +352,6 @@ class Runtime:
         group.jobs_in_flight += 1
         self.sync_jobs += 1
         job.add_done_callback(lambda f: self._on_synced(group, rd.number, last, f))
-
-    def _report_snapshots_sent(self, group: Group) -> None:
-        # The transport took the snapshot (in chunks if large); report it delivered so the
-        # follower's progress leaves SNAPSHOT state (etcd's ReportSnapshot). If it was lost,
-        # report_unreachable reports the failure instead, and the next probe finds out.
-        for peer in sorted(group.snapshot_peers):
-            group.node.report_snapshot(peer, True)
-        group.snapshot_peers.clear()
 
     def _apply(self, group: Group, rd: Ready) -> None:
         """Applies what the core handed out as committed in this Ready, in the same turn (the
@@ -385,7 +381,6 @@ class Runtime:
             group.node.on_persisted(number)
             if last:
                 group.replica.on_persisted(last)
-            self._report_snapshots_sent(group)
         except Exception as exc:
             self._fail(group, exc)
             return
