@@ -578,3 +578,46 @@ def test_a_seeded_run_replays_exactly() -> None:
     first = _seeded_run(11)
     assert first == _seeded_run(11)
     assert first != _seeded_run(12)
+
+
+# ---------------------------------------------------------------------- the real client's seam
+
+
+def test_the_real_connection_runs_over_client_stubs() -> None:
+    from client.connection import Connection
+    from client.errors import BrokerUnavailable, NotLeader
+
+    class Leaderless(DummyReplog):
+        async def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
+            if request.topic == "moved":
+                detail = pb.ErrorDetail(code="NOT_LEADER", message="not me", leader_id=2)
+                context.set_trailing_metadata(((ERROR_KEY, detail.SerializeToString()),))
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "NOT_LEADER: not me")
+            return await super().Produce(request, context)
+
+    async def main() -> None:
+        net = SimNetwork(random.Random(0))
+        service = Leaderless(1)
+        net.attach(1, "n1:9000", NodeHandlers(lambda b: None, service, DummyPeer()))
+        conn = Connection(
+            "n1:9000", request_timeout_s=2.0, stub_factory=net.client_stub_factory("client-1")
+        )
+        response = await conn.call("Produce", pb.ProduceRequest(topic="t"))
+        assert response.base_offset == 1
+        with pytest.raises(NotLeader) as info:
+            await conn.call("Produce", pb.ProduceRequest(topic="moved"))
+        assert info.value.leader_id == 2  # type: ignore[attr-defined]
+        got = []
+        async for r in conn.stream("Fetch", pb.FetchRequest(offset=3), address="n1:9000"):
+            got.append(r.next_offset)
+            if len(got) == 4:
+                break
+        assert got == [3, 4, 5, 6]
+        net.cut("client-1", 1, mode="refuse")
+        with pytest.raises(BrokerUnavailable):
+            await conn.call("Produce", pb.ProduceRequest(topic="t"))
+        await conn.close()
+        await asyncio.sleep(1)
+        assert service.fetch_closed == 1
+
+    run(main, max_virtual_s=60)
