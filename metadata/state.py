@@ -65,6 +65,8 @@ from metadata.errors import (
     UnknownTopic,
 )
 from metadata.placement import place
+from partition.config import TOPIC_CONFIG_KEYS, topic_config
+from partition.errors import ConfigError as PartitionConfigError
 
 SNAPSHOT_VERSION = 1
 FIRST_PARTITION_GROUP_ID = 1000
@@ -74,8 +76,6 @@ MAX_REPLICATION_FACTOR = 15
 MAX_PRODUCER_ID_BLOCK = 1_000_000
 MAX_TOPIC_NAME_CHARS = 249  # Kafka's limit (a partition directory name must fit in 255 bytes)
 _TOPIC_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-_MIB = 1024 * 1024
-_KIB = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,45 +142,16 @@ def validate_topic_name(name: str, internal: bool) -> None:
         )
 
 
-def _int_at_least(key: str, value: str, minimum: int, what: str) -> None:
-    try:
-        number = int(value, 10)
-    except ValueError:
-        raise InvalidTopicConfig(key, value, f"must be an integer {what}") from None
-    if number < minimum:
-        raise InvalidTopicConfig(key, value, f"must be an integer {what}")
-
-
-_CONFIG_RULES: dict[str, tuple[str, int, str]] = {
-    # key: (kind, minimum, description)
-    "retention.ms": ("int", -1, ">= -1 (milliseconds; -1 keeps records forever)"),
-    "retention.bytes": ("int", -1, ">= -1 (bytes per partition; -1 means no size limit)"),
-    "segment.bytes": ("int", _MIB, f">= {_MIB} (1 MiB)"),
-    "max.message.bytes": ("int", _KIB, f">= {_KIB} (1 KiB)"),
-}
-_ENUM_CONFIG: dict[str, tuple[str, ...]] = {
-    "cleanup.policy": ("delete", "compact"),
-    "internal": ("true", "false"),
-}
-KNOWN_TOPIC_CONFIG_KEYS = tuple(sorted([*_CONFIG_RULES, *_ENUM_CONFIG]))
+KNOWN_TOPIC_CONFIG_KEYS = TOPIC_CONFIG_KEYS
 
 
 def validate_topic_config(config: Mapping[str, str]) -> None:
-    for key in sorted(config):
-        value = config[key]
-        if key in _CONFIG_RULES:
-            _, minimum, what = _CONFIG_RULES[key]
-            _int_at_least(key, value, minimum, what)
-        elif key in _ENUM_CONFIG:
-            allowed = _ENUM_CONFIG[key]
-            if value not in allowed:
-                raise InvalidTopicConfig(key, value, f"must be one of {', '.join(allowed)}")
-        else:
-            raise InvalidTopicConfig(
-                key,
-                value,
-                f"unknown config key; known keys are {', '.join(KNOWN_TOPIC_CONFIG_KEYS)}",
-            )
+    """The partition's own rules (partition.config ``topic_config``), so a topic is refused
+    at creation when its partitions could not open with its config (#12 defect 13)."""
+    try:
+        topic_config(config)
+    except PartitionConfigError as e:
+        raise InvalidTopicConfig(e.field, str(e.value), e.hint) from None
 
 
 # ---------------------------------------------------------------------------------------------

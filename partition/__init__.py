@@ -4,7 +4,12 @@ Pure and deterministic: imports only ``raft.types`` and ``wire.batch`` of ours; 
 asyncio, no clock. See partition/state.py for the model and the runtime's calling contract.
 """
 
-from partition.config import PartitionConfig
+from partition.config import (
+    MAX_MESSAGE_BYTES_LIMIT,
+    TOPIC_CONFIG_KEYS,
+    PartitionConfig,
+    topic_config,
+)
 from partition.errors import (
     BatchTooLarge,
     ConfigError,
@@ -34,6 +39,8 @@ from partition.state import (
 )
 
 __all__ = [
+    "MAX_MESSAGE_BYTES_LIMIT",
+    "TOPIC_CONFIG_KEYS",
     "Admission",
     "AlreadyApplied",
     "Append",
@@ -59,4 +66,5 @@ __all__ = [
     "Rejected",
     "UnsupportedCompression",
     "retention_cut",
+    "topic_config",
 ]

@@ -41,13 +41,15 @@ class PartitionError(Exception):
 
 
 class ConfigError(PartitionError):
-    """A PartitionConfig value is invalid."""
+    """A PartitionConfig value (scope "partition", ``field`` a field name) or a topic config
+    key (scope "topic", ``field`` the key, e.g. "retention.ms") is invalid."""
 
-    def __init__(self, field: str, value: object, hint: str) -> None:
+    def __init__(self, field: str, value: object, hint: str, *, scope: str = "partition") -> None:
         self.field = field
         self.value = value
         self.hint = hint
-        super().__init__(f"invalid partition config {field}={value!r}: {hint}")
+        self.scope = scope
+        super().__init__(f"invalid {scope} config {field}={value!r}: {hint}")
 
 
 class OffsetOutOfRange(PartitionError):
