@@ -124,8 +124,12 @@ class Raft(LeaderMixin):
         self.become_follower(self.term, NONE)
 
     def _restore_membership(self, storage: LogStorage, hs: HardState, cs: ConfState) -> None:
-        first, last = storage.first_index(), storage.last_index()
-        commit = max(hs.commit, first - 1)
+        last = storage.last_index()
+        # RaftLog starts committed/applied at the snapshot index (or first_index - 1 if that
+        # is higher): entries a snapshot covers are never handed out again, even when the
+        # storage still keeps some of them (compaction keeps whole segments).
+        base = self.log.committed
+        commit = max(hs.commit, base)
         if commit > last:
             raise InvariantViolation(
                 "restored commit index",
@@ -139,7 +143,7 @@ class Raft(LeaderMixin):
             # membership they modify. Learn it from the leader's snapshot (NEED_SNAPSHOT).
             self.tracker.apply_conf(ConfState(), last + 1)
             return
-        self.adopt_membership(cs, first - 1)
+        self.adopt_membership(cs, base)
 
     def adopt_membership(self, cs: ConfState, base_index: int) -> bool:
         """Membership = ``cs`` (as of ``base_index``) plus the CONF_CHANGE entries of our own
@@ -395,10 +399,13 @@ class Raft(LeaderMixin):
     def handle_vote_request(self, m: Message) -> None:
         resp_type = _MT.VOTE_RESP if m.type is _MT.VOTE else _MT.PRE_VOTE_RESP
         if self.can_grant_vote(m):
-            self.send(Message(resp_type, m.from_, self.id, m.term))
             if m.type is _MT.VOTE:
+                # Record the vote *before* the grant goes through send(): hold_tag() then sees
+                # an unpersisted vote and holds the grant until the Ready carrying the vote is
+                # persisted, also when the vote is made at our current term (thesis §3.8).
                 self.election_elapsed = 0
                 self.vote = m.from_
+            self.send(Message(resp_type, m.from_, self.id, m.term))
             self.report("vote_granted", candidate=m.from_, vote_type=m.type.name)
         else:
             self.send(Message(resp_type, m.from_, self.id, self.term, reject=True))

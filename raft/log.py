@@ -21,7 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from raft.errors import Compacted, InvariantViolation, Unavailable
+from raft.errors import (
+    Compacted,
+    InvariantViolation,
+    SnapshotTemporarilyUnavailable,
+    Unavailable,
+)
 from raft.storage_api import LogStorage
 from raft.types import Entry, EntryType, Snapshot
 from raft.unstable import Unstable
@@ -49,9 +54,17 @@ class RaftLog:
         first = storage.first_index()
         last = storage.last_index()
         self.unstable = Unstable(last + 1)
-        self.committed = first - 1
-        self.applying = first - 1
-        self.applied = first - 1
+        # Restart point: the snapshot index, which may lie above first_index() - 1 when the
+        # storage keeps entries the snapshot covers (DurableLog compacts whole segments).
+        # Starting at first_index() - 1 would hand already-applied entries out again.
+        try:
+            snap_index = storage.snapshot().metadata.index
+        except SnapshotTemporarilyUnavailable:
+            snap_index = 0
+        base = max(first - 1, snap_index)
+        self.committed = base
+        self.applying = base
+        self.applied = base
         self.conf_indexes: list[int] = []
 
     def __repr__(self) -> str:
