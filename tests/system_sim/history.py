@@ -114,9 +114,8 @@ class History:
 
     def pairs(self, f: str) -> list[tuple[Op, Op | None]]:
         """Every ``invoke`` of ``f`` with its completion (None if it never completed). A
-        process has one operation of a given ``f`` open at a time, except ``send``, whose
-        completions carry the Send's value in the pair (workload.py completes a send with
-        :meth:`complete_send`)."""
+        process has one operation of a given ``f`` open at a time, except ``send`` and
+        ``probe``, whose completions carry their Send: ``(send, ack_or_error)``."""
         out: list[tuple[Op, Op | None]] = []
         open_by_key: dict[Any, int] = {}
         for op in self.ops:
@@ -144,9 +143,9 @@ class History:
 
 
 def _pair_key(op: Op) -> Any:
-    # Sends of one producer overlap (pipelining): a send's completion names its Send in
-    # ``value`` as (send, ack_or_error); every other f has one open op per process.
-    if op.f == "send":
+    # Sends of one producer overlap (pipelining), and so do probes: a completion names its
+    # Send in ``value`` as (send, ack_or_error); every other f has one open op per process.
+    if op.f in ("send", "probe"):
         return op.value if op.type == "invoke" else op.value[0]
     return None
 

@@ -260,3 +260,15 @@ def test_check_all_prefixes_and_digest() -> None:
     assert h.digest() == h2.digest()
     send(h2, "p1", 1, b"p1:1")
     assert h.digest() != h2.digest()
+
+
+def test_concurrent_probes_pair_by_their_send() -> None:
+    h = History()
+    a = Send(T, 0, b"probe:0", "all", True, 0)
+    b = Send(T, 1, b"probe:1", "all", True, 1)
+    h.invoke("probe", "probe", a, 1.0)
+    h.invoke("probe", "probe", b, 1.0)
+    h.ok("probe", "probe", (b, Ack(T, 1, 0)), 2.0)
+    h.ok("probe", "probe", (a, Ack(T, 0, 0)), 3.0)
+    pairs = h.pairs("probe")
+    assert [(i.value, d.value[0] if d else None) for i, d in pairs] == [(a, a), (b, b)]

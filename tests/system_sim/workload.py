@@ -506,11 +506,9 @@ class Workload:
     async def final_reads(self) -> dict[tuple[str, int], PartitionRead]:
         """Every partition of every live topic, read from its log start to its high
         watermark (with the production Consumer)."""
-        out: dict[tuple[str, int], PartitionRead] = {}
-        for plan in self.live_topics():
-            for partition in range(plan.partitions):
-                out[(plan.name, partition)] = await self._read_partition(plan.name, partition)
-        return out
+        keys = [(t.name, p) for t in self.live_topics() for p in range(t.partitions)]
+        reads = await asyncio.gather(*(self._read_partition(t, p) for t, p in keys))
+        return dict(zip(keys, reads))
 
     async def _read_partition(self, topic: str, partition: int) -> PartitionRead:
         loop = asyncio.get_running_loop()
