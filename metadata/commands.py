@@ -41,8 +41,21 @@ class RegisterBroker:
 
 @dataclass(frozen=True, slots=True)
 class BrokerHeartbeat:
+    """A broker says it is alive. ``now_ms`` is the sender's wall clock: recorded for
+    display only and never used for liveness (#12 defect 19): the metadata leader judges
+    liveness on its own monotonic clock (server/liveness.py) and proposes SetBrokerFenced."""
+
     node_id: int
     now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetBrokerFenced:
+    """The metadata leader's liveness verdict: a fenced broker is not live (not used for
+    new placements, its replicas may be moved); an unfenced one is."""
+
+    node_id: int
+    fenced: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +108,7 @@ Command = (
     | UpdateLeader
     | AllocateProducerIds
     | SetReplicas
+    | SetBrokerFenced
 )
 
 # The wire tag of each command type. Tags are part of the on-disk format: never reuse one.
@@ -106,6 +120,7 @@ _TAGS: dict[type[Any], str] = {
     UpdateLeader: "update_leader",
     AllocateProducerIds: "allocate_producer_ids",
     SetReplicas: "set_replicas",
+    SetBrokerFenced: "set_broker_fenced",
 }
 _TYPES: dict[str, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
 
@@ -116,6 +131,12 @@ def _as_int(tag: str, name: str, value: object) -> int:
     # bool is an int subclass in Python; a JSON true is not a node id.
     if type(value) is not int:
         raise MalformedCommand(f"{tag}.{name} must be an integer, got {value!r}")
+    return value
+
+
+def _as_bool(tag: str, name: str, value: object) -> bool:
+    if type(value) is not bool:
+        raise MalformedCommand(f"{tag}.{name} must be true or false, got {value!r}")
     return value
 
 
@@ -158,6 +179,7 @@ _READERS: dict[str, _FieldReader] = {
     "term": _as_int,
     "count": _as_int,
     "replicas": _as_int_tuple,
+    "fenced": _as_bool,
 }
 
 

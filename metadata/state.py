@@ -25,6 +25,11 @@ counter that never goes back (a deleted topic's group ids are not reused, so a s
 for a dead group can never reach a new one). Topic ids start at 1, producer ids at 1
 (0 is kept free to mean "none", as node id 0 does in raft/).
 
+Liveness (#12 defect 19): a broker is live when it is registered and not fenced. Only the
+metadata leader judges liveness, on its own monotonic clock (server/liveness.py), and
+replicates its verdict as SetBrokerFenced; heartbeat times (the sender's wall clock) are kept
+for display and never compared across machines.
+
 Snapshots are key-sorted compact JSON of the whole state: equal states give equal bytes.
 """
 
@@ -43,6 +48,7 @@ from metadata.commands import (
     CreateTopic,
     DeleteTopic,
     RegisterBroker,
+    SetBrokerFenced,
     SetReplicas,
     UpdateLeader,
     decode,
@@ -68,7 +74,8 @@ from metadata.placement import place
 from partition.config import TOPIC_CONFIG_KEYS, topic_config
 from partition.errors import ConfigError as PartitionConfigError
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+_SNAPSHOT_READS = (1, 2)  # 2 added each broker's fenced flag
 FIRST_PARTITION_GROUP_ID = 1000
 MAX_PARTITIONS = 10_000
 """Per topic. Each partition is a Raft group with its own log: far more is a typo, not a plan."""
@@ -86,6 +93,9 @@ class Broker:
     rack: str
     registered_ms: int
     last_heartbeat_ms: int
+    """The broker's own wall clock in its latest heartbeat: for display, never liveness."""
+    fenced: bool = False
+    """Set by the metadata leader's SetBrokerFenced: a fenced broker is not live."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,11 +218,17 @@ class MetadataState:
         """Every partition of every topic, ordered by group id."""
         return [self.assignment(group_id) for group_id in sorted(self._group_index)]
 
-    def live_brokers(self, now_ms: int, timeout_ms: int) -> list[int]:
-        """Node ids whose last heartbeat is at most ``timeout_ms`` before ``now_ms``, sorted."""
-        return sorted(
-            b.node_id for b in self._brokers.values() if now_ms - b.last_heartbeat_ms <= timeout_ms
-        )
+    def live_brokers(self, now_ms: int | None = None, timeout_ms: int | None = None) -> list[int]:
+        """Registered brokers the metadata leader has not fenced, sorted (#12 defect 19:
+        liveness is the leader's verdict, replicated as SetBrokerFenced; no clock here).
+
+        Deprecated, until the server proposes SetBrokerFenced: given ``now_ms`` and
+        ``timeout_ms``, also require a heartbeat (by the sender's clock) within the timeout,
+        the old cross-machine comparison."""
+        live = [n for n in sorted(self._brokers) if not self._brokers[n].fenced]
+        if now_ms is None or timeout_ms is None:
+            return live
+        return [n for n in live if now_ms - self._brokers[n].last_heartbeat_ms <= timeout_ms]
 
     def replica_load(self) -> dict[int, int]:
         """Replicas hosted per broker, over all topics (brokers hosting none are absent)."""
@@ -228,7 +244,7 @@ class MetadataState:
     def apply(self, index: int, data: bytes) -> object:
         """Apply the committed entry at ``index``. Returns the command's result:
 
-        RegisterBroker / BrokerHeartbeat -> Broker; CreateTopic / DeleteTopic -> Topic (the
+        RegisterBroker / BrokerHeartbeat / SetBrokerFenced -> Broker; CreateTopic / DeleteTopic -> Topic (the
         deleted one for DeleteTopic); UpdateLeader / SetReplicas -> PartitionAssignment;
         AllocateProducerIds -> int (the first id of the block); empty entry -> None.
         Raises a MetadataError for a rejected command (state unchanged but applied_index).
@@ -262,6 +278,8 @@ class MetadataState:
                 return self._allocate_producer_ids(cmd)
             case SetReplicas():
                 return self._set_replicas(cmd)
+            case SetBrokerFenced():
+                return self._set_broker_fenced(cmd)
         raise TypeError(f"unhandled metadata command {cmd!r}")  # pragma: no cover
 
     def _changed(self, layout: bool) -> None:
@@ -279,13 +297,15 @@ class MetadataState:
             broker = Broker(cmd.node_id, cmd.address, cmd.dc, cmd.rack, cmd.now_ms, cmd.now_ms)
             layout = True
         else:
-            # A restart: keep the first registration time; liveness restarts now.
+            # A restart: keep the first registration time. Registering is a sign of life:
+            # unfenced (the leader fences it again if no heartbeat follows).
             broker = replace(
                 old,
                 address=cmd.address,
                 dc=cmd.dc,
                 rack=cmd.rack,
                 last_heartbeat_ms=max(old.last_heartbeat_ms, cmd.now_ms),
+                fenced=False,
             )
             layout = (old.address, old.dc, old.rack) != (cmd.address, cmd.dc, cmd.rack)
         self._brokers[cmd.node_id] = broker
@@ -296,8 +316,19 @@ class MetadataState:
         old = self._brokers.get(cmd.node_id)
         if old is None:
             raise UnknownBroker(cmd.node_id)
-        # Proposers' clocks differ a little; liveness never moves backwards.
+        # Display only: liveness is the leader's SetBrokerFenced, not this clock.
         broker = replace(old, last_heartbeat_ms=max(old.last_heartbeat_ms, cmd.now_ms))
+        self._brokers[cmd.node_id] = broker
+        self._changed(layout=False)
+        return broker
+
+    def _set_broker_fenced(self, cmd: SetBrokerFenced) -> Broker:
+        old = self._brokers.get(cmd.node_id)
+        if old is None:
+            raise UnknownBroker(cmd.node_id)
+        if old.fenced == cmd.fenced:
+            return old
+        broker = replace(old, fenced=cmd.fenced)
         self._brokers[cmd.node_id] = broker
         self._changed(layout=False)
         return broker
@@ -312,10 +343,12 @@ class MetadataState:
         if not 1 <= cmd.replication_factor <= MAX_REPLICATION_FACTOR:
             raise InvalidReplicationFactor(cmd.replication_factor, MAX_REPLICATION_FACTOR)
         validate_topic_config(cmd.config)
-        live = sorted(set(cmd.live_brokers))
-        for node_id in live:
+        named = sorted(set(cmd.live_brokers))
+        for node_id in named:
             if node_id not in self._brokers:
                 raise UnknownBroker(node_id)
+        # the proposer's view may be a moment old: never place on a fenced broker
+        live = [n for n in named if not self._brokers[n].fenced]
         if cmd.replication_factor > len(live):
             raise NotEnoughBrokers(cmd.replication_factor, len(live))
 
@@ -418,7 +451,7 @@ class MetadataState:
             "next_group_id": self.next_group_id,
             "next_producer_id": self.next_producer_id,
             "brokers": [
-                [b.node_id, b.address, b.dc, b.rack, b.registered_ms, b.last_heartbeat_ms]
+                [b.node_id, b.address, b.dc, b.rack, b.registered_ms, b.last_heartbeat_ms, b.fenced]
                 for b in (self._brokers[n] for n in sorted(self._brokers))
             ],
             "topics": [
@@ -446,7 +479,7 @@ class MetadataState:
             body = json.loads(data.decode("utf-8"))
             if not isinstance(body, dict):
                 raise MalformedSnapshot("the top level must be a JSON object")
-            if body.get("v") != SNAPSHOT_VERSION:
+            if body.get("v") not in _SNAPSHOT_READS or type(body.get("v")) is not int:
                 raise MalformedSnapshot(
                     f"unsupported snapshot version {body.get('v')!r} "
                     f"(this node reads v{SNAPSHOT_VERSION})"
@@ -466,7 +499,10 @@ class MetadataState:
         state.next_topic_id = _int(body["next_topic_id"])
         state.next_group_id = _int(body["next_group_id"])
         state.next_producer_id = _int(body["next_producer_id"])
-        for node_id, address, dc, rack, registered_ms, heartbeat_ms in body["brokers"]:
+        for row in body["brokers"]:
+            node_id, address, dc, rack, registered_ms, heartbeat_ms, *rest = row
+            if len(rest) != (1 if body["v"] >= 2 else 0):
+                raise MalformedSnapshot(f"broker entry {row!r} has {len(row)} fields")
             broker = Broker(
                 _int(node_id),
                 _str(address),
@@ -474,6 +510,7 @@ class MetadataState:
                 _str(rack),
                 _int(registered_ms),
                 _int(heartbeat_ms),
+                _bool(rest[0]) if rest else False,
             )
             state._brokers[broker.node_id] = broker
         for t in body["topics"]:
@@ -515,6 +552,12 @@ class MetadataState:
 def _int(value: object) -> int:
     if type(value) is not int:
         raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"expected true or false, got {value!r}")
     return value
 
 

@@ -16,6 +16,7 @@ from metadata.commands import (
     CreateTopic,
     DeleteTopic,
     RegisterBroker,
+    SetBrokerFenced,
     SetReplicas,
     UpdateLeader,
     decode,
@@ -43,6 +44,7 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(UpdateLeader, ints, ints, ints),
     st.builds(AllocateProducerIds, ints),
     st.builds(SetReplicas, ints, id_tuples),
+    st.builds(SetBrokerFenced, ints, st.booleans()),
 )
 
 
@@ -155,6 +157,7 @@ json_values = st.recursive(
             "update_leader",
             "allocate_producer_ids",
             "set_replicas",
+            "set_broker_fenced",
         ]
     ),
     st.dictionaries(
@@ -175,6 +178,7 @@ json_values = st.recursive(
                 "dc",
                 "rack",
                 "replication_factor",
+                "fenced",
             ]
         ),
         json_values,
@@ -187,3 +191,10 @@ def test_json_shaped_garbage_raises_only_malformed(tag: str, fields: dict[str, o
     except MalformedCommand:
         return
     assert decode(encode(cmd)) == cmd
+
+
+def test_set_broker_fenced_needs_a_real_boolean() -> None:
+    assert decode(encode(SetBrokerFenced(3, True))) == SetBrokerFenced(3, True)
+    bad = json.dumps({"v": 1, "type": "set_broker_fenced", "node_id": 3, "fenced": 1}).encode()
+    with pytest.raises(MalformedCommand, match="fenced must be true or false"):
+        decode(bad)
