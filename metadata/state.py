@@ -14,7 +14,10 @@ Rules of ``apply``:
 - An empty entry (the Raft leader's no-op at the start of its term) only advances
   ``applied_index``.
 - Indexes must strictly increase; applying an index at or below ``applied_index`` is a runtime
-  bug and raises :class:`~metadata.errors.MetadataInvariantViolation`.
+  bug and raises :class:`~metadata.errors.MetadataInvariantViolation` -- except at or below the
+  index of the snapshot this state was restored from: after a restart the core may hand those
+  committed entries out again, and their effect is already in the snapshot, so they are
+  skipped (returns None; as partition/ does, #12 defects 2 and 16).
 - ``version`` increases by one on every command that changed the state; ``layout_version``
   only when brokers' addresses/locations, topics or assignments changed (not on heartbeats,
   leader reports or producer-id allocation), so a runtime reconciling which partition replicas
@@ -182,6 +185,7 @@ class MetadataState:
         self.next_topic_id = 1
         self.next_group_id = FIRST_PARTITION_GROUP_ID
         self.next_producer_id = 1
+        self._snapshot_index = 0  # restored from a snapshot at this index (0: none)
 
     # -- read side ------------------------------------------------------------------------------
 
@@ -244,11 +248,14 @@ class MetadataState:
     def apply(self, index: int, data: bytes) -> object:
         """Apply the committed entry at ``index``. Returns the command's result:
 
-        RegisterBroker / BrokerHeartbeat / SetBrokerFenced -> Broker; CreateTopic / DeleteTopic -> Topic (the
-        deleted one for DeleteTopic); UpdateLeader / SetReplicas -> PartitionAssignment;
-        AllocateProducerIds -> int (the first id of the block); empty entry -> None.
+        RegisterBroker / BrokerHeartbeat / SetBrokerFenced -> Broker; CreateTopic /
+        DeleteTopic -> Topic (the deleted one for DeleteTopic); UpdateLeader / SetReplicas ->
+        PartitionAssignment; AllocateProducerIds -> int (the first id of the block); empty
+        entry, or an entry at or below the restored snapshot's index -> None.
         Raises a MetadataError for a rejected command (state unchanged but applied_index).
         """
+        if index <= self._snapshot_index:
+            return None  # covered by the snapshot this state was restored from
         if index <= self.applied_index:
             raise MetadataInvariantViolation(
                 "metadata apply index",
@@ -499,6 +506,7 @@ class MetadataState:
         state.next_topic_id = _int(body["next_topic_id"])
         state.next_group_id = _int(body["next_group_id"])
         state.next_producer_id = _int(body["next_producer_id"])
+        state._snapshot_index = state.applied_index
         for row in body["brokers"]:
             node_id, address, dc, rack, registered_ms, heartbeat_ms, *rest = row
             if len(rest) != (1 if body["v"] >= 2 else 0):

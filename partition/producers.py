@@ -184,15 +184,6 @@ class ProducerTable:
     def get(self, producer_id: int) -> ProducerEntry | None:
         return self._entries.get(producer_id)
 
-    def precheck(self, header: BatchHeader) -> None:
-        """Refuse a fenced epoch (against the applied table only). Kept for callers that do
-        not use ``PartitionState.admit`` yet."""
-        current = self._entries.get(header.producer_id)
-        if current is not None and is_expired(current, self._now, self._expiry_ms):
-            current = None
-        if current is not None and header.producer_epoch < current.epoch:
-            raise ProducerFenced(header.producer_id, header.producer_epoch, current.epoch)
-
     def check(self, header: BatchHeader) -> BatchMetadata | None:
         """:func:`decide` against this table at the current log time."""
         return decide(self._entries.get(header.producer_id), header, self._now, self._expiry_ms)

@@ -250,12 +250,6 @@ class PartitionState:
             original.base_offset, original.last_offset, index, self._index.term_of(index)
         )
 
-    def precheck_producer(self, header: BatchHeader) -> None:
-        """Refuse a fenced producer epoch before proposing (sequence gaps are not checked:
-        batches still in flight may fill them; apply decides)."""
-        if header.producer_id >= 0:
-            self._producers.precheck(header)
-
     # --- the tail --------------------------------------------------------------------------
 
     def on_log_append(self, entries: Sequence[Entry]) -> None:
