@@ -18,9 +18,12 @@ Model (DESIGN.md "partition/"):
 * Idempotence is decided at apply time, on every replica identically (partition/producers):
   a duplicate is answered with the original offsets, a gap or a fenced epoch is rejected.
   Such entries keep their offsets (offsets stay structural) but fetch skips them: a gap.
+  The leader takes the same decision before proposing (``admit``, over the applied producer
+  table plus its unapplied tail, partition/tail.py), so it proposes only batches apply will
+  append, whenever the log below is committed as it stands (#12 defect 8).
 
-Runtime loop: ``stamp`` then propose then ``on_log_append([entry])`` on the leader (before the
-next ``stamp``); ``on_log_append(ready.entries)`` for every Ready (re-reporting is harmless;
+Runtime loop: ``admit`` then propose ``Append.data`` then ``on_log_append([entry])`` on the
+leader (before the next ``admit``); ``on_log_append(ready.entries)`` for every Ready (re-reporting is harmless;
 an entry with a new term at an existing index truncates the tail from there); ``apply`` each
 committed entry once, in order. At start: ``restore(snapshot)`` then ``on_log_append`` with the
 stored log.
@@ -38,7 +41,6 @@ first, so the interrupted pass completes. The snapshot therefore carries no skip
 from __future__ import annotations
 
 import struct
-from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -78,7 +80,6 @@ _SNAP_HEAD = struct.Struct(">4sBqqqI")
 _SNAP_MAGIC = b"RPPS"
 _SNAP_VERSION = 2
 _SNAP_READS = (1, 2)  # 2: the producer table carries the log time and last-seen times
-_Q = struct.Struct(">q")
 _DATA = int(EntryKind.DATA)
 
 
@@ -160,7 +161,6 @@ class PartitionState:
         self._applied = 0
         self._hw = 0
         self._log_start_floor = 0
-        self._skipped: list[int] = []  # applied indexes that are DUPLICATE / REJECTED, sorted
         self._snapshot_index = 0  # entries <= this are covered by a snapshot (or compacted)
         self._tail = ProducerTail(self._producers, 0)
 
@@ -328,12 +328,10 @@ class PartitionState:
                     original = self._producers.apply(header, base, end - 1)
                 except (OutOfOrderSequence, ProducerFenced) as e:
                     index.set_kind(entry.index, EntryKind.REJECTED)
-                    self._skipped.append(entry.index)
                     result = Rejected(e)
                 else:
                     if original is not None:
                         index.set_kind(entry.index, EntryKind.DUPLICATE)
-                        self._skipped.append(entry.index)
                         result = Duplicate(original.base_offset, original.last_offset)
             else:
                 self._producers.observe(header.max_timestamp)
@@ -417,7 +415,8 @@ class PartitionState:
         try:
             magic, version, applied, hw, log_start, n_skipped = _SNAP_HEAD.unpack_from(data, 0)
             pos = _SNAP_HEAD.size
-            skipped = [_Q.unpack_from(data, pos + 8 * k)[0] for k in range(n_skipped)]
+            if pos + 8 * n_skipped > len(data):
+                raise struct.error(f"{n_skipped} skipped indexes do not fit")
         except struct.error as e:
             raise PartitionInvariantError(
                 "partition snapshot header",
@@ -438,14 +437,13 @@ class PartitionState:
             raise PartitionInvariantError(
                 "partition snapshot length", end, len(data), "the snapshot is damaged"
             )
-        del log_start, skipped  # older writers listed them; both lie below the log start
+        del log_start  # version 1 wrote it and a skipped list: both lie below the log start
         self._producers = producers
         self._index = OffsetIndex(first_index=snapshot_index + 1, start_offset=hw)
         self._applied = snapshot_index
         self._snapshot_index = snapshot_index
         self._hw = hw
         self._log_start_floor = hw
-        self._skipped = []
         self._tail = ProducerTail(producers, snapshot_index)
 
     def on_compacted(self, first_kept_index: int) -> None:
@@ -459,7 +457,6 @@ class PartitionState:
             )
         self._snapshot_index = max(self._snapshot_index, first_kept_index - 1)
         self._index.compact_to(first_kept_index)
-        del self._skipped[: bisect_left(self._skipped, first_kept_index)]
         self._log_start_floor = max(self._log_start_floor, self._index.start_offset)
 
     def retention_cut(self, segments: Sequence[tuple[int, int, int]], now_ms: int) -> int | None:

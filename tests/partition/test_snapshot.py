@@ -116,3 +116,30 @@ def test_entries_after_the_snapshot_must_line_up_with_it() -> None:
     other.restore(snap, 2)
     with pytest.raises(PartitionInvariantError, match="stamped base offset"):
         other.on_log_append(wrong.entries)
+
+
+def test_version_1_snapshots_still_restore() -> None:
+    """Written before producer expiry: a skipped list and no times. The producers restored
+    from it count as seen at the first timestamp the log shows afterwards."""
+    import struct
+
+    from partition.producers import BatchMetadata, ProducerEntry
+
+    v1 = b"".join(
+        [
+            struct.pack(">4sBqqqI", b"RPPS", 1, 3, 7, 2, 2),
+            struct.pack(">qq", 2, 3),  # skipped indexes
+            struct.pack(">I", 1),
+            struct.pack(">qhiH", 5, 0, 1, 1),
+            struct.pack(">iiqq", 0, 1, 0, 1),
+        ]
+    )
+    st_ = fresh(producer_expiry_ms=1_000)
+    st_.restore(v1, 3)
+    assert (st_.applied_index, st_.high_watermark, st_.log_start_offset) == (3, 7, 7)
+    assert dict(st_.producer_table()) == {5: ProducerEntry(0, 1, (BatchMetadata(0, 1, 0, 1),))}
+    log = FakeLog(first=4)
+    st_.apply(propose(st_, log, 1, make_batch(1, pid=9, epoch=0, seq=0, ts=50_000)))
+    assert 5 in st_.producer_table()  # seen "now" (at 50 s), not at time -1
+    st_.apply(propose(st_, log, 1, make_batch(1, pid=9, epoch=0, seq=1, ts=51_001)))
+    assert 5 not in st_.producer_table()  # idle for more than a second of log time
