@@ -24,8 +24,8 @@ The properties (issue 13, "Checked after every step, or at the end of each seed"
 (g) ``metadata_agrees``: metadata state identical across brokers at equal applied index.
 (h) ``groups_healthy``: at the end no group is failed, every live group has a leader, every
     replica applied what it committed and holds what its leader committed.
-(i) ``liveness``: after the heal every partition accepted and returned a probe record within
-    the bound, and every final drain read completed.
+(i) ``liveness``: after the heal a new topic can be created, every partition accepted and
+    returned a probe record within the bound, and every final drain read completed.
 
 Exemptions, all explicit: records of a topic that had a ``delete_topic`` invoked are exempt
 from (a), (c)-final and (d) (the topic may be gone); records below the final log start of a
@@ -34,6 +34,7 @@ topic configured with retention are exempt from (a) and (d) (retention cut them)
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -247,6 +248,9 @@ def consumers_saw_only_durable(history: History, final: FinalState) -> list[str]
                 f"(t={op.time_s:.3f}); the final read has {now}"
             )
     # No skips, no re-reads between seeks.
+    offsets_of = {
+        key: [o for o, _ in read.records] for key, read in final.reads.items() if read.complete
+    }
     last: dict[tuple[str, str, int], int | None] = {}
     for op in history:
         if op.type != "ok":
@@ -270,10 +274,12 @@ def consumers_saw_only_durable(history: History, final: FinalState) -> list[str]
                     f"(t={op.time_s:.3f})"
                 )
                 continue
-            read = final.reads.get((obs.topic, obs.partition))
-            if read is None or not read.complete:
+            offsets = offsets_of.get((obs.topic, obs.partition))
+            if offsets is None:
                 continue
-            skipped = [o for o, _ in read.records if prev < o < obs.offset]
+            skipped = offsets[
+                bisect.bisect_right(offsets, prev) : bisect.bisect_left(offsets, obs.offset)
+            ]
             if skipped:
                 found.append(
                     f"consumer skipped records: {op.process} went from "
@@ -309,11 +315,17 @@ def one_leader_per_term(history: History, final: FinalState) -> list[str]:
     leaders: dict[tuple[int, int], set[int]] = defaultdict(set)
     for group_id, term, node_id in final.leaders:
         leaders[(group_id, term)].add(node_id)
-    found = [
-        f"two leaders in one term: group {group_id} term {term} led by nodes {sorted(nodes)}"
-        for (group_id, term), nodes in sorted(leaders.items())
-        if len(nodes) > 1
-    ]
+    deleted = deleted_topics(history)
+    found = []
+    for (group_id, term), nodes in sorted(leaders.items()):
+        if len(nodes) < 2:
+            continue
+        topic = final.group_topics.get(group_id)
+        what = f" (topic {topic}{', deleted' if topic in deleted else ''})" if topic else ""
+        found.append(
+            f"two leaders in one term: group {group_id}{what} term {term} led by nodes "
+            f"{sorted(nodes)}"
+        )
     return _capped(found, "one_leader_per_term")
 
 
@@ -391,6 +403,14 @@ def liveness(history: History, final: FinalState) -> list[str]:
             found.append(
                 f"liveness: probe of {where} took {done.time_s - invoke.time_s:.3f}s "
                 f"(bound {bound_s}s)"
+            )
+    for invoke, done in history.pairs("create_topic"):
+        if invoke.process != "probe":
+            continue
+        if done is None or done.type != "ok":
+            why = "" if done is None else f": {done.value[1]}"
+            found.append(
+                f"liveness: no topic could be created after the heal (t={invoke.time_s:.3f}){why}"
             )
     for read in sorted(final.reads.values(), key=lambda r: (r.topic, r.partition)):
         if not read.complete:

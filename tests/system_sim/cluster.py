@@ -79,7 +79,7 @@ class BrokerSettings:
     broker_session_timeout_ms: int = 3_000
     produce_timeout_ms: int = 3_000
     shutdown_transfer_timeout_ms: int = 1_000
-    max_clock_skew_ms: int = 2_000  # each broker's wall clock is off by up to this much
+    max_clock_skew_ms: int = 500  # each broker's wall clock is off by up to this much
     fsync: str = "always"
     quiesce: bool = True
 
@@ -148,6 +148,7 @@ class _Observations:
     leaders: set[tuple[int, int, int]] = field(default_factory=set)
     metadata_digests: list[tuple[int, int, bytes]] = field(default_factory=list)
     last_metadata_applied: dict[int, int] = field(default_factory=dict)
+    group_topics: dict[int, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -368,6 +369,8 @@ class SimCluster:
                 raft = group.node.raft
                 if raft.role.name == "LEADER":
                     self.obs.leaders.add((group_id, raft.term, node.node_id))
+            for group_id, replica in node.partitions.items():
+                self.obs.group_topics.setdefault(group_id, replica.topic)
             md = getattr(node, "metadata", None)
             if md is None:
                 continue
@@ -424,6 +427,7 @@ class SimCluster:
     def collect_final(self, final: FinalState) -> None:
         self.observe()
         final.leaders |= self.obs.leaders
+        final.group_topics.update(self.obs.group_topics)
         final.metadata_digests.extend(self.obs.metadata_digests)
         final.errors.extend(self.obs.errors)
         for e in self.net.server_errors:

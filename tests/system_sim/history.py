@@ -78,9 +78,10 @@ class Op:
     time_s: float  # virtual seconds since the seed began
 
     def __str__(self) -> str:
-        return (
-            f"#{self.index} t={self.time_s:.3f} {self.process} {self.type} {self.f} {self.value!r}"
-        )
+        value = repr(self.value)
+        if len(value) > 240:
+            value = value[:240] + "..."
+        return f"#{self.index} t={self.time_s:.3f} {self.process} {self.type} {self.f} {value}"
 
 
 class History:
@@ -204,4 +205,5 @@ class FinalState:
     statuses: list[GroupStatus] = field(default_factory=list)
     live_groups: set[int] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
+    group_topics: dict[int, str] = field(default_factory=dict)  # partition group -> topic
     liveness_bound_s: float = 30.0  # a probe must be acknowledged within this (virtual) time

@@ -272,3 +272,14 @@ def test_concurrent_probes_pair_by_their_send() -> None:
     h.ok("probe", "probe", (a, Ack(T, 0, 0)), 3.0)
     pairs = h.pairs("probe")
     assert [(i.value, d.value[0] if d else None) for i, d in pairs] == [(a, a), (b, b)]
+
+
+def test_liveness_needs_a_topic_created_after_the_heal() -> None:
+    h = History()
+    h.invoke("probe", "create_topic", ("t9", 1, 3, ()), 10.0)
+    h.ok("probe", "create_topic", ("t9", 1, 3, ()), 11.0)
+    assert liveness(h, FinalState()) == []
+    h2 = History()
+    h2.invoke("probe", "create_topic", ("t9", 1, 3, ()), 10.0)
+    h2.info("probe", "create_topic", (("t9", 1, 3, ()), "NotEnoughBrokers"), 40.0)
+    assert "no topic could be created" in liveness(h2, FinalState())[0]
