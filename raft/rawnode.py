@@ -62,7 +62,75 @@ class RawNode:
 
     @property
     def raft(self) -> Raft:
+        """The core itself: for tests and scenario scripts only. The runtime uses the methods
+        below and never reads or writes the core's fields."""
         return self._raft
+
+    # -- what the runtime may know (the boundary: no ``.raft`` outside raft/ and tests) -------
+
+    @property
+    def id(self) -> int:
+        return self._raft.id
+
+    @property
+    def term(self) -> int:
+        return self._raft.term
+
+    @property
+    def role(self) -> Role:
+        return self._raft.role
+
+    @property
+    def leader_id(self) -> int:
+        return self._raft.leader_id
+
+    @property
+    def last_ready_number(self) -> int:
+        """The highest Ready number handed out so far (0 before the first)."""
+        return self._raft.next_ready_number - 1
+
+    def has_voters(self) -> bool:
+        return bool(self._raft.tracker.voters)
+
+    def peer_ids(self) -> list[int]:
+        """Every other member (voters and learners), sorted."""
+        return sorted(p for p in self._raft.tracker.progress if p != self._raft.id)
+
+    def is_quiescable(self) -> bool:
+        """A leader with nothing in flight: committed == last == applied, every member matched
+        up to the last index, no leadership transfer, no pending read-index request."""
+        r = self._raft
+        if r.role != Role.LEADER:
+            return False
+        last = r.log.last_index()
+        return (
+            r.log.committed == last
+            and r.log.applied == last
+            and not r.lead_transferee
+            and not r.read_only.pending
+            and all(pr.match == last for pr in r.tracker.progress.values())
+        )
+
+    def is_caught_up_follower_of(self, leader_id: int) -> bool:
+        r = self._raft
+        return (
+            r.role == Role.FOLLOWER
+            and r.leader_id == leader_id
+            and r.log.committed == r.log.last_index()
+        )
+
+    def on_wake(self, leader_lost: bool) -> None:
+        """The group was quiesced (not ticked) and wakes up. A leader forgets activity flags
+        from before the pause, so its first CheckQuorum does not judge peers on stale data; a
+        follower whose leader's node went silent starts the randomized part of its election
+        timeout now rather than a whole new timeout."""
+        r = self._raft
+        if r.role == Role.LEADER:
+            r.election_elapsed = 0
+            for pr in r.tracker.progress.values():
+                pr.recent_active = True
+        elif leader_lost:
+            r.election_elapsed = max(r.election_elapsed, r.election_ticks)
 
     # -- inputs ----------------------------------------------------------------------------
 

@@ -77,8 +77,12 @@ class MetadataReplica:
         logger: Any,
         group_id: int,
         fallback_targets: Sequence[int] = (),
+        on_broker_heard: Callable[[int], None] = lambda node_id: None,
+        on_leadership: Callable[[bool], None] = lambda leader: None,
     ) -> None:
         self.node = node
+        self._on_broker_heard = on_broker_heard
+        self._on_leadership = on_leadership
         self._fallback = [t for t in fallback_targets if t != node.id]
         self._fallback_next = 0
         self.log = log
@@ -111,7 +115,10 @@ class MetadataReplica:
         self._on_change()
 
     def on_soft_state(self, soft: SoftState, term: int) -> None:
+        was_leader = self.role == Role.LEADER
         self.role, self.leader_id, self.term = soft.role, soft.leader_id, term
+        if was_leader != (soft.role == Role.LEADER):
+            self._on_leadership(soft.role == Role.LEADER)
         self._log.info(
             "metadata_leader_changed", leader_id=soft.leader_id, term=term, role=soft.role.name
         )
@@ -139,6 +146,8 @@ class MetadataReplica:
             try:
                 result = self.state.apply(entry.index, data)
                 changed = changed or bool(data)
+                if data and self.role == Role.LEADER:
+                    self._note_broker_heard(data)
             except MetadataError as exc:
                 error = exc
                 changed = True
@@ -161,6 +170,13 @@ class MetadataReplica:
             self._applied_waiters = keep
         if changed:
             self._on_change()
+
+    def _note_broker_heard(self, data: bytes) -> None:
+        # The leader judges liveness on its own clock from the heartbeats it applies (#12
+        # defect 19); a heartbeat applied here was proposed by that broker moments ago.
+        cmd = mcmd.decode(data)
+        if isinstance(cmd, mcmd.BrokerHeartbeat | mcmd.RegisterBroker):
+            self._on_broker_heard(cmd.node_id)
 
     def on_stopped(self, reason: BaseException | None) -> None:
         self.stopped = reason

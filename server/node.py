@@ -28,7 +28,7 @@ import grpc
 
 from metadata import commands as mcmd
 from metadata.state import MetadataState, PartitionAssignment
-from partition.config import PartitionConfig
+from partition.config import PartitionConfig, topic_config
 from partition.state import PartitionState
 from raft.config import RaftConfig
 from raft.rawnode import RawNode, Status
@@ -37,6 +37,7 @@ from raft.types import ConfChange, ConfChangeType, ConfState, Role, Snapshot, Sn
 from server.config import ServerConfig
 from server.env import Env
 from server.errors import BrokerError, not_leader
+from server.liveness import BrokerLiveness
 from server.logsetup import get_logger
 from server.metadata_replica import MetadataReplica
 from server.partition_replica import PartitionReplica, load_partition_state
@@ -80,6 +81,7 @@ class BrokerNode:
         self._deleting: set[int] = set()
         self._layout_seen = -1
         self.metadata_caught_up = False
+        self.liveness = BrokerLiveness(cfg.server.broker_session_timeout_ms / 1000)
         self.stopping = False
         self.started = False
         self.registry = GroupRegistry(
@@ -219,15 +221,47 @@ class BrokerNode:
             logger=self.log,
             group_id=METADATA_GROUP_ID,
             fallback_targets=sorted(self.cfg.node.voters),
+            on_broker_heard=self._on_broker_heard,
+            on_leadership=self._on_metadata_leadership,
         )
         self.runtime.add_group(Group(METADATA_GROUP_ID, node, log, self.metadata))
 
-    def _partition_config(self, topic_config: dict[str, str]) -> PartitionConfig:
+    # ------------------------------------------------------------------ liveness (#12 defect 19)
+    def _on_metadata_leadership(self, leader: bool) -> None:
+        if leader:
+            state = self.metadata.state
+            self.liveness.on_became_leader(
+                asyncio.get_running_loop().time(),
+                list(state.brokers),
+                [n for n, b in state.brokers.items() if b.fenced],
+            )
+
+    def _on_broker_heard(self, node_id: int) -> None:
+        self.liveness.on_heartbeat(node_id, asyncio.get_running_loop().time())
+
+    async def _fence_or_unfence(self) -> None:
+        """On the metadata leader: turn liveness flips into replicated SetBrokerFenced."""
+        if self.metadata.role != Role.LEADER:
+            return
+        for node_id, alive in self.liveness.changes(asyncio.get_running_loop().time()):
+            try:
+                await self.metadata.propose(mcmd.SetBrokerFenced(node_id, not alive), 5.0)
+                self.log.info("broker_liveness_changed", broker=node_id, alive=alive)
+            except Exception as exc:
+                self.liveness.retry(node_id)
+                self.log.warning("broker_fence_failed", broker=node_id, error=str(exc))
+
+    def _partition_config(self, overrides: dict[str, str]) -> PartitionConfig:
+        """The topic's overrides over the broker's defaults, checked by the same function the
+        metadata applies at creation (#12 defect 13): a topic that exists can open."""
         d = self.cfg.partition
-        return PartitionConfig(
-            max_batch_bytes=int(topic_config.get("max.message.bytes", d.max_batch_bytes)),
-            retention_ms=int(topic_config.get("retention.ms", d.retention_ms)),
-            retention_bytes=int(topic_config.get("retention.bytes", d.retention_bytes)),
+        return topic_config(
+            overrides,
+            PartitionConfig(
+                max_batch_bytes=d.max_batch_bytes,
+                retention_ms=d.retention_ms,
+                retention_bytes=d.retention_bytes,
+            ),
         )
 
     def _record_open_failure(self, group_id: int, exc: BaseException) -> None:
@@ -473,6 +507,7 @@ class BrokerNode:
                         timeout_s=5.0,
                     )
                 self._resend_leader_reports()
+                await self._fence_or_unfence()
             except Exception as exc:
                 self.log.debug("broker_heartbeat_failed", error=str(exc))
                 await asyncio.sleep(0.2)
@@ -534,10 +569,7 @@ class BrokerNode:
 
     # ------------------------------------------------------------------ lookups for services
     def live_brokers(self) -> frozenset[int]:
-        state = self.metadata.state
-        return frozenset(
-            state.live_brokers(self.env.wall_clock_ms(), self.cfg.server.broker_session_timeout_ms)
-        )
+        return frozenset(self.metadata.state.live_brokers())
 
     def replica_for(self, topic: str, partition: int) -> PartitionReplica:
         group_id = self.by_name.get((topic, partition))
