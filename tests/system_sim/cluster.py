@@ -278,10 +278,13 @@ class SimCluster:
             raise
         except Exception as exc:
             if slot.incarnation == incarnation:  # not crashed meanwhile
-                self.obs.errors.append(
-                    f"broker {node_id} failed to start at t={self.now():.3f}: "
-                    f"{type(exc).__name__}: {exc}"
-                )
+                if not (slot.disk_faulted and isinstance(exc, OSError)):
+                    # A start refused by an injected disk error is the designed outcome (the
+                    # heal restarts it on a good disk); any other failure is a finding.
+                    self.obs.errors.append(
+                        f"broker {node_id} failed to start at t={self.now():.3f}: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
                 self._kill(slot, node, torn=False)
             slot.starting = False
             return False

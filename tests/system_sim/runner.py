@@ -14,8 +14,9 @@ Phases of one seed, all in virtual time on a ``VirtualTimeLoop``:
 3. heal: faults end, every broker is up again; the workload stops (producers flush);
 4. liveness: every partition of every live topic must take and return a probe record within
    ``WorkloadConfig.liveness_bound_s``;
-5. settle: wait (up to ``Budget.settle_s``) until every group looks healthy;
-6. final: drain-read every partition, collect statuses and committed logs, run the checkers.
+5. final reads: drain-read every partition;
+6. settle: wait (up to ``Budget.settle_s``) until every group looks healthy, then at once
+   collect statuses and committed logs, and run the checkers.
 
 The broker's log goes to an in-memory ring (``Budget.log_tail`` last events, printed with a
 failing seed when asked): structlog is reconfigured for the seed and restored afterwards.
@@ -181,10 +182,12 @@ def run_seed(
             await join_task
         await wl.stop()
         await wl.probe()
-        await _settle(cluster, final, budget.settle_s)
         final.reads = await wl.final_reads()
         final.retention_topics = {t.name for t in wl.topics.values() if t.retention}
         final.errors.extend(wl.errors)
+        # Statuses are judged at one instant: the first healthy one within settle_s (nothing
+        # awaits between the settle and the collection).
+        await _settle(cluster, budget.settle_s)
         cluster.collect_final(final)
         await wl.close()
         observer.cancel()
@@ -270,7 +273,7 @@ async def _join_later(cluster: SimCluster, history: History, delay_s: float) -> 
     history.info("nemesis", "fault", f"broker {node_id} joined", cluster.now())
 
 
-async def _settle(cluster: SimCluster, final: FinalState, settle_s: float) -> None:
+async def _settle(cluster: SimCluster, settle_s: float) -> None:
     """Waits until every live group has a leader and every replica caught up (or time out;
     the checkers then report what is stuck)."""
     loop = asyncio.get_running_loop()
