@@ -31,6 +31,7 @@ from raft.types import (
     ConfState,
     Entry,
     EntryType,
+    MessageType,
     Ready,
     Role,
 )
@@ -53,6 +54,9 @@ class SimOptions:
     max_clock_skew: float = 0.3  # tick rate in [1 - skew, 1 + skew] ticks per step
     snapshot_after_entries: int = 30  # compact once applied - first_index exceeds this
     forget_vote_on_restart: bool = False
+    # The finer forget-vote fault (see runner.FaultProfile.crash_after_vote_rate).
+    crash_after_vote_rate: float = 0.0
+    crash_after_vote_down_steps: tuple[int, int] = (0, 0)  # back before the next delivery
     max_size_per_msg: int = 4096
     max_inflight_msgs: int = 16
     # Core-behaviour overrides for bug injection: called with each new RawNode.
@@ -71,6 +75,8 @@ class SimNode:
     digest: Digest = GENESIS
     last_commit: int = 0
     crashed_until: int | None = None
+    handed_vote: tuple[int, int] = (0, 0)  # (term, vote) of the last Ready handed out
+    announced_votes: set[tuple[int, int]] = field(default_factory=set)  # (term, candidate) sent
     removed: bool = False
     proposals: dict[int, bytes] = field(default_factory=dict)  # index -> data (this life)
     conf_history: list[tuple[int, ConfState]] = field(default_factory=list)  # applied
@@ -102,6 +108,7 @@ class SimCluster:
         self.membership_log: list[str] = []
         self.scratch: dict[str, Any] = {}  # state private to the fault schedule
         self.leader_commits: list[int] = []  # leaders whose commit advanced this step
+        self.healed = False
 
     # -- node lifecycle -------------------------------------------------------------------
 
@@ -169,9 +176,23 @@ class SimCluster:
         if lose_outbox:
             self.net.drop_from(node_id)
         lost = node.disk.crash()
+        self.check_votes_durable(node)
         node.raw = None
         node.crashed_until = self.now + down_steps
         self._log("sim_crash", node_id=node_id, lost_writes=lost, down_steps=down_steps)
+
+    def check_votes_durable(self, node: SimNode) -> None:
+        """A vote announced (a granting VOTE_RESP sent) must survive a crash (thesis §3.8):
+        otherwise the node may grant another candidate in the same term."""
+        durable = node.disk.durable_hard_state
+        for term, candidate in sorted(node.announced_votes):
+            if term > durable.term or (term == durable.term and durable.vote != candidate):
+                raise self.inv.fail(
+                    "vote durability",
+                    f"node {node.node_id} sent a vote for {candidate} in term {term}, but after "
+                    f"a crash its disk holds term {durable.term} vote {durable.vote}",
+                )
+        node.announced_votes.clear()
 
     def restart(self, node_id: int) -> None:
         node = self.nodes[node_id]
@@ -307,6 +328,16 @@ class SimCluster:
         # 2. send
         for msg in rd.messages:
             self.net.send(msg, self.now)
+            if msg.type is MessageType.VOTE_RESP and not msg.reject:
+                node.announced_votes.add((msg.term, msg.to))
+        rate = self.options.crash_after_vote_rate if not self.healed else 0.0
+        if rate > 0 and self.grants_vote(node, rd) and self.rng.random() < rate:
+            # Killed before this Ready's fsync: its vote (and nothing durable) is lost, what
+            # it sent is on the wire.
+            lo, hi = self.options.crash_after_vote_down_steps
+            self._log("sim_crash_after_vote", node_id=node.node_id)
+            self.crash(node.node_id, self.rng.randint(lo, hi), lose_outbox=False)
+            return
         # 3. apply
         if rd.snapshot is not None:
             snap = rd.snapshot
@@ -322,6 +353,15 @@ class SimCluster:
         if rd.committed_entries:
             raw.advance_apply(node.applied)
         self.maybe_compact(node, raw)
+
+    def grants_vote(self, node: SimNode, rd: Ready) -> bool:
+        """Whether ``rd`` hands out a new vote for another node (not yet persisted)."""
+        hs = rd.hard_state
+        if hs is None or hs.vote in (0, node.node_id):
+            return False
+        granted = (hs.term, hs.vote) != node.handed_vote
+        node.handed_vote = (hs.term, hs.vote)
+        return granted
 
     def on_commit_advanced(self, node: SimNode, raw: RawNode, commit: int) -> None:
         st = raw.status()
@@ -410,6 +450,7 @@ class SimCluster:
     # -- liveness helpers -----------------------------------------------------------------
 
     def heal_all(self) -> None:
+        self.healed = True  # fault hooks inside the step (crash_after_vote) stop too
         self.net.heal()
         self.net.faults.drop_rate = 0.0
         self.net.faults.dup_rate = 0.0

@@ -9,7 +9,9 @@ replay). An exception escaping the core is reported as a violation too (kind
 Phases:
 
 1. *faults* (``steps`` steps): clients propose at whatever node claims leadership;
-   nodes crash (losing un-fsynced writes) and restart; the network drops, duplicates and
+   nodes crash (losing un-fsynced writes) and restart -- with the ``vote-crash`` profile,
+   right after handing out a Ready that grants a vote, before its fsync (a crash also checks
+   that no vote the node announced is lost: ``vote durability``); the network drops, duplicates and
    reorders; partitions come and go (random halves, isolated leader, one-way cuts);
    membership changes (add learner -> promote -> remove a voter) and leadership transfers
    happen mid-run.
@@ -64,6 +66,13 @@ class FaultProfile:
     # appends die on the wire while it keeps taking proposals: conflicting tails).
     isolate_new_leader_rate: float = 0.0
     lose_outbox_rate: float = 0.3  # chance a crash also loses the node's in-flight messages
+    # Probability that a node is crashed right after it handed out a Ready whose hard state
+    # grants a vote, once that Ready's messages were sent and before its fsync completed: the
+    # finer "forget vote" fault. It loses exactly what was not yet persisted (that vote), so a
+    # core that lets a grant leave before its vote is durable double-votes (#12 defect 3).
+    crash_after_vote_rate: float = 0.0
+    pre_vote: bool = True
+    check_quorum: bool = True
 
 
 PROFILES: dict[str, FaultProfile] = {
@@ -78,6 +87,21 @@ PROFILES: dict[str, FaultProfile] = {
         membership_rate=0.0,
         transfer_rate=0.0,
         max_fsync_steps=8,
+    ),
+    # Nodes die between handing out a vote and persisting it; no PreVote, so terms move
+    # without votes and grants at a node's current term are common.
+    "vote-crash": FaultProfile(
+        name="vote-crash",
+        crash_rate=0.01,
+        min_down_steps=1,
+        max_down_steps=6,
+        partition_rate=0.05,
+        membership_rate=0.0,
+        transfer_rate=0.0,
+        max_fsync_steps=6,
+        crash_after_vote_rate=0.7,
+        lose_outbox_rate=0.0,
+        pre_vote=False,
     ),
     # Leaders come and go fast while proposals keep flowing: the Figure 8 shape.
     "churn": FaultProfile(
@@ -153,6 +177,9 @@ def run_seed(
         max_size_per_msg=prof.max_size_per_msg,
         forget_vote_on_restart=forget_vote_on_restart,
         patch_node=patch_node,
+        pre_vote=prof.pre_vote,
+        check_quorum=prof.check_quorum,
+        crash_after_vote_rate=prof.crash_after_vote_rate,
     )
     if verbose and logger is None:
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from raft.core import Raft
 from raft.rawnode import RawNode
-from raft.types import Message
+from raft.types import Message, MessageType
 from tests.sim.runner import SeedResult, run_seed
 
 MAX_SEEDS = 300
@@ -114,3 +114,35 @@ def test_catches_restart_that_forgets_the_vote() -> None:
     found = _hunt("forget-vote", "churn", forget_vote_on_restart=True)
     assert found.violation is not None
     assert found.violation.kind != "core exception"
+
+
+# (e) send the vote grant before recording the vote (#12 defect 3): at the node's current
+# term hold_tag() saw nothing unpersisted, so the grant left with the vote still in memory.
+def _grant_before_vote(raw: RawNode) -> None:
+    def handle_vote_request(self: Raft, m: Message) -> None:
+        resp_type = (
+            MessageType.VOTE_RESP if m.type is MessageType.VOTE else MessageType.PRE_VOTE_RESP
+        )
+        if self.can_grant_vote(m):
+            self.send(Message(resp_type, m.from_, self.id, m.term))
+            if m.type is MessageType.VOTE:
+                self.election_elapsed = 0
+                self.vote = m.from_
+        else:
+            self.send(Message(resp_type, m.from_, self.id, self.term, reject=True))
+
+    raw.raft.handle_vote_request = types.MethodType(handle_vote_request, raw.raft)  # type: ignore[method-assign]
+
+
+def test_catches_a_grant_sent_before_its_vote_is_durable() -> None:
+    """guards #12 defect 3: the finer forget-vote fault (a crash right after a Ready granting a
+    vote was handed out and sent, before its fsync) finds the old grant-then-record order."""
+    found = _hunt("grant-before-vote", "vote-crash", patch_node=_grant_before_vote)
+    assert found.violation is not None
+    assert found.violation.kind in {
+        "vote durability",  # the sim's own check at the crash: an announced vote was lost
+        "election safety",
+        "leader completeness",
+        "commit stability",
+        "core invariant",
+    }

@@ -38,7 +38,7 @@ def test_five_nodes(block: int) -> None:
     assert sum(r.acked for r in results) > 15 * 20
 
 
-@pytest.mark.parametrize("profile", ["crashy", "churn"])
+@pytest.mark.parametrize("profile", ["crashy", "churn", "vote-crash"])
 def test_sharp_profiles(profile: str) -> None:
     results = [run_seed(seed, nodes=3, steps=300, profile=profile) for seed in range(2000, 2020)]
     _assert_clean(results)
