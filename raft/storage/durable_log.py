@@ -636,12 +636,17 @@ class DurableLog:
                     raise self._fail("sync", exc) from exc
             try:
                 self._flush_snapshot_and_unlinks()
+                # Directory entries before segment data: a segment removed by a suffix
+                # truncation must be durably gone before the cut of the segment before it is
+                # durable (else a power loss could leave an acknowledged segment behind a
+                # gap). New segments' entries may become durable first: until their data
+                # is synced their ack mark says "nothing acknowledged" and recovery drops them.
+                if dir_dirty and self._fsync:
+                    self._fsync_dir("sync")
                 with self._io("sync"):
                     for fd in fds:
                         self._fs.fdatasync(fd)
                         self._fsyncs_performed += 1
-                if dir_dirty and self._fsync:
-                    self._fsync_dir("sync")
             finally:
                 for fd in fds:
                     self._fs.close(fd)
