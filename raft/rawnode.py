@@ -108,6 +108,7 @@ class RawNode:
             and r.log.applied == last
             and not r.lead_transferee
             and not r.read_only.pending
+            and not r.pending_read_index  # reads waiting for the first commit of the term
             and all(pr.match == last for pr in r.tracker.progress.values())
         )
 
