@@ -102,8 +102,16 @@ class ProducerConfig:
 @dataclass(frozen=True)
 class ConsumerConfig:
     # Where to start when there is no position (assign() without seek) or the position fell out
-    # of the log: earliest | latest | error. Kafka's default is latest.
+    # of the log: earliest | latest | error. Kafka's default is latest. A position the
+    # consumer already has is reset only when its records are gone (below the log start) or
+    # after out_of_range_retry_ms of OFFSET_OUT_OF_RANGE above the log end; each such reset is
+    # logged and listed in Consumer.offset_resets.
     auto_offset_reset: str = "latest"
+    # How long a consumer keeps retrying (metadata refresh + back-off) a fetch whose position
+    # lies above the partition's end before it applies auto_offset_reset: a new leader's high
+    # watermark trails the old leader's until its first entry commits, so the position is
+    # usually served again within an election or two. 10 s.
+    out_of_range_retry_ms: float = 10_000.0
     # Upper bound on one Fetch response's batches (at least one batch is always returned). 1 MiB.
     max_bytes: int = 1024 * 1024
     # How long the broker long-polls when there is nothing new. 500 ms.
@@ -129,7 +137,7 @@ class ConsumerConfig:
             "retry_backoff_max_ms",
             "request_timeout_ms",
         )
-        _non_negative(self, "retry_backoff_ms")
+        _non_negative(self, "retry_backoff_ms", "out_of_range_retry_ms")
 
 
 @dataclass(frozen=True)

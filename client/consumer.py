@@ -13,9 +13,17 @@ Contract:
   the fetcher, so records fetched for an old position are discarded, never delivered. ``poll``
   also drops anything below the partition's position, so "no duplicates" holds even if a
   fetcher were to re-read.
-- No position yet (assign without seek), or OFFSET_OUT_OF_RANGE: ``auto_offset_reset`` decides:
-  earliest (log start), latest (high watermark), or error (``poll`` raises OffsetOutOfRange /
-  InvalidRequest until the user seeks).
+- No position yet (assign without seek): ``auto_offset_reset`` decides: earliest (log start),
+  latest (high watermark), or error (``poll`` raises InvalidRequest until the user seeks).
+- A position the consumer has never jumps forward over records it has not seen (#12 defect
+  7). It advances only to the ``next_offset`` of a fetch response that carried batches (the
+  broker's word, which also steps over control entries); an empty answer never moves it. On
+  OFFSET_OUT_OF_RANGE above the log end - a new leader whose high watermark still trails the
+  old leader's until its first entry commits, or a deposed leader - the fetcher refreshes
+  metadata and retries with back-off for ``out_of_range_retry_ms``; only then, or at once
+  when the position lies below the log start (the records are gone to retention), does
+  ``auto_offset_reset`` apply (error: ``poll`` raises OffsetOutOfRange). Such a reset is
+  logged (logger ``replog.client``) and listed in ``offset_resets`` (Kafka does the same).
 - Non-retriable errors of a fetcher (UNKNOWN_TOPIC, a corrupt batch) are raised by ``poll``;
   that partition's fetcher stops until the next ``seek``. Retriable ones are retried with
   back-off forever (a consumer waits for its cluster).
@@ -26,6 +34,7 @@ Never imports server/, metadata/, partition/ or raft/.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -44,10 +53,27 @@ from client.errors import (
 from wire import batch as codec
 from wire import replog_pb2 as pb
 
-__all__ = ["Consumer", "ConsumerRecord"]
+__all__ = ["Consumer", "ConsumerRecord", "OffsetReset"]
 
 TopicPartition = tuple[str, int]
 _FOREVER_S = 10.0 * 365 * 24 * 3600
+_log = logging.getLogger("replog.client")
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetReset:
+    """A position given up for ``auto_offset_reset`` (``policy``): ``position`` lay outside
+    the partition's ``[log_start, log_end]`` (-1: the broker did not say). ``reason`` is
+    "below log start" (records removed by retention) or "above log end" (still out of range
+    after out_of_range_retry_ms)."""
+
+    topic: str
+    partition: int
+    position: int
+    policy: str
+    log_start: int
+    log_end: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +148,8 @@ class Consumer:
         self._pending: deque[_Item] = deque()
         self._iter_buffer: deque[ConsumerRecord] = deque()
         self._closed = False
+        # Every position this consumer gave up for auto_offset_reset, oldest first.
+        self.offset_resets: list[OffsetReset] = []
 
     async def __aenter__(self) -> Consumer:
         return self
@@ -294,9 +322,11 @@ class Consumer:
     ) -> None:
         topic, partition = a.key
         cfg = self.config
+        loop = asyncio.get_running_loop()
         offset = a.position
         reset = a.reset
         attempt = 0
+        out_of_range_since: float | None = None  # loop time of the first OOR at ``offset``
         while True:
             try:
                 if offset is None:
@@ -317,12 +347,31 @@ class Consumer:
                 )
                 async for response in self._conn.stream("Fetch", request, address=address):
                     attempt = 0
-                    records, next_offset = _decode(topic, partition, response.batches, offset)
-                    if records or next_offset != offset:
+                    out_of_range_since = None
+                    records, next_offset = _decode(topic, partition, response, offset)
+                    if next_offset > offset:
                         await queue.put(_Item(a.key, generation, records, next_offset))
                         offset = next_offset
                 # the broker ended the stream (shutdown, stepping down): re-open it
             except OffsetOutOfRange as error:
+                below_start = error.start >= 0 and offset is not None and offset < error.start
+                if not below_start:
+                    if out_of_range_since is None:
+                        out_of_range_since = loop.time()
+                    if loop.time() - out_of_range_since < cfg.out_of_range_retry_ms / 1000.0:
+                        # Probably a leader whose high watermark has not caught up (or a
+                        # deposed one): ask again, of the leader metadata names now.
+                        try:
+                            await self._conn.refresh_metadata([topic])
+                        except ReplogError:
+                            pass
+                        await asyncio.sleep(
+                            backoff_s(attempt, cfg.retry_backoff_ms, cfg.retry_backoff_max_ms)
+                        )
+                        attempt += 1
+                        continue
+                out_of_range_since = None
+                self._note_reset(a.key, offset, error, below_start)
                 if cfg.auto_offset_reset == "error":
                     await queue.put(_Item(a.key, generation, [], -1, error))
                     return
@@ -336,6 +385,31 @@ class Consumer:
                 await self._conn.on_retriable_error(error, [topic], key=a.key)
             await asyncio.sleep(backoff_s(attempt, cfg.retry_backoff_ms, cfg.retry_backoff_max_ms))
             attempt += 1
+
+    def _note_reset(
+        self, key: TopicPartition, offset: int | None, error: OffsetOutOfRange, below_start: bool
+    ) -> None:
+        """Surface a position given up for auto_offset_reset (Kafka logs these too)."""
+        event = OffsetReset(
+            topic=key[0],
+            partition=key[1],
+            position=-1 if offset is None else offset,
+            policy=self.config.auto_offset_reset,
+            log_start=error.start,
+            log_end=error.end,
+            reason="below log start" if below_start else "above log end",
+        )
+        self.offset_resets.append(event)
+        _log.warning(
+            "consumer position %d of %s/%d is %s [%d, %d]; applying auto_offset_reset=%s",
+            event.position,
+            event.topic,
+            event.partition,
+            event.reason,
+            event.log_start,
+            event.log_end,
+            event.policy,
+        )
 
     async def _resolve(self, topic: str, partition: int, policy: str) -> int:
         """The offset ``policy`` (earliest/latest) names, asked of the partition's leader."""
@@ -362,13 +436,17 @@ class Consumer:
 
 
 def _decode(
-    topic: str, partition: int, data: bytes, from_offset: int
+    topic: str, partition: int, response: pb.FetchResponse, from_offset: int
 ) -> tuple[list[ConsumerRecord], int]:
-    """Records at or above ``from_offset`` in a fetch response, and the offset after it."""
+    """Records at or above ``from_offset`` in a fetch response, and where to fetch next.
+
+    The position moves only to what the broker returned: past the last batch it sent, or to
+    its ``next_offset`` when that lies further (control and refused entries it stepped over).
+    An empty response never moves it (its ``next_offset`` may be a trailing high watermark)."""
     out: list[ConsumerRecord] = []
     next_offset = from_offset
     try:
-        for view in codec.iter_batches(data):
+        for view in codec.iter_batches(response.batches):
             header, records = codec.decode(view)
             if header.next_offset > next_offset:
                 next_offset = header.next_offset
@@ -386,4 +464,6 @@ def _decode(
             f"a fetched batch of {topic}/{partition} is damaged: {error}",
             hint="report it: the broker or the network corrupted data",
         ) from error
+    if response.batches and response.next_offset > next_offset:
+        next_offset = response.next_offset
     return out, next_offset

@@ -147,6 +147,16 @@ class FakePartition:
     leader_epoch: int = 0
     stream_epoch: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The leader's high watermark trails its log end by this many offsets (a new leader before
+    # its first entry commits). Fetches between the two are answered empty, as the real broker
+    # does - or OFFSET_OUT_OF_RANGE when ``out_of_range_above_hw`` (the broker before #12 d7).
+    hw_lag: int = 0
+    out_of_range_above_hw: bool = False
+    out_of_range_answers: int = 0
+
+    @property
+    def high_watermark(self) -> int:
+        return max(self.log_start_offset, self.next_offset - self.hw_lag)
 
     def notify(self) -> None:
         self.changed.set()
@@ -403,6 +413,8 @@ class FakeCluster:
             header = read_header(raw)
             if header.next_offset <= offset:
                 continue
+            if header.next_offset > p.high_watermark:
+                break  # not committed yet
             if out and size + len(raw) > max_bytes:
                 break
             out.append(raw)
@@ -509,14 +521,16 @@ class FakeNode(pb_grpc.ReplogServicer):
             self._enter("Fetch", request.topic, request.partition)
             p = c.check_leader(self.node_id, request.topic, request.partition)
             offset = request.offset
-            if not p.log_start_offset <= offset <= p.next_offset:
+            end = p.high_watermark if p.out_of_range_above_hw else p.next_offset
+            if not p.log_start_offset <= offset <= end:
+                p.out_of_range_answers += 1
                 raise Abort(
                     "OFFSET_OUT_OF_RANGE",
-                    f"offset {offset} not in [{p.log_start_offset}, {p.next_offset}]",
+                    f"offset {offset} not in [{p.log_start_offset}, {end}]",
                     fields={
                         "requested": str(offset),
                         "start": str(p.log_start_offset),
-                        "end": str(p.next_offset),
+                        "end": str(end),
                     },
                 )
             leader_epoch, stream_epoch = p.leader_epoch, p.stream_epoch
@@ -535,7 +549,7 @@ class FakeNode(pb_grpc.ReplogServicer):
                     yield pb.FetchResponse(
                         batches=data,
                         next_offset=next_offset,
-                        high_watermark=p.next_offset,
+                        high_watermark=p.high_watermark,
                         log_start_offset=p.log_start_offset,
                     )
                     offset = next_offset
@@ -549,7 +563,7 @@ class FakeNode(pb_grpc.ReplogServicer):
                     if not request.follow:
                         yield pb.FetchResponse(
                             next_offset=offset,
-                            high_watermark=p.next_offset,
+                            high_watermark=p.high_watermark,
                             log_start_offset=p.log_start_offset,
                         )
                         return
@@ -641,7 +655,7 @@ class FakeNode(pb_grpc.ReplogServicer):
             p = c.check_leader(self.node_id, request.topic, request.partition)
             return pb.ListOffsetsResponse(
                 log_start_offset=p.log_start_offset,
-                high_watermark=p.next_offset,
+                high_watermark=p.high_watermark,
                 leader=p.leader,
                 leader_term=p.leader_epoch + 1,
                 log_end_offset=p.next_offset,
@@ -777,6 +791,17 @@ class FakeBroker:
 
     def max_concurrent_produce(self, topic: str, partition: int) -> int:
         return self.run(lambda c: c.max_concurrent_produce.get((topic, partition), 0))
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` on the running loop until it holds; fail loudly after ``timeout_s`` of
+    loop time (virtual on a virtual-time loop) instead of hanging."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"never happened within {timeout_s} s: {what}")
+        await asyncio.sleep(0.001)
 
 
 def arun(coro: Any, timeout_s: float = 30.0) -> Any:

@@ -150,7 +150,9 @@ def test_offset_out_of_range_error_policy_raises(fake: FakeBroker) -> None:
     append(fake, topic, 0, [b"x"])
 
     async def scenario() -> None:
-        config = ConsumerConfig(auto_offset_reset="error", retry_backoff_ms=1)
+        config = ConsumerConfig(
+            auto_offset_reset="error", retry_backoff_ms=1, out_of_range_retry_ms=100
+        )
         async with Consumer(fake.bootstrap, config) as consumer:
             consumer.assign([(topic, 0)])
             consumer.seek(topic, 0, 99)
