@@ -331,7 +331,7 @@ class DurableLog:
         if not self._segments:
             self._base_index, self._base_term = meta.index, meta.term
             return
-        first, last = self.first_index(), self.last_index()
+        first, last = self._first_index_locked(), self._last_index_locked()
         if meta.index < first - 1:
             raise StorageCorruption(
                 str(self._snapshot_file.path),
@@ -355,18 +355,30 @@ class DurableLog:
         return self._hs, conf
 
     def first_index(self) -> int:
+        with self._lock:
+            return self._first_index_locked()
+
+    def last_index(self) -> int:
+        with self._lock:
+            return self._last_index_locked()
+
+    def last_term(self) -> int:
+        with self._lock:
+            return self._last_term_locked()
+
+    def _first_index_locked(self) -> int:
         if self._segments:
             first: int = self._segments.peekitem(0)[1].first_index
             return first
         return self._base_index + 1
 
-    def last_index(self) -> int:
+    def _last_index_locked(self) -> int:
         if self._segments:
             last: int = self._segments.peekitem(-1)[1].last_index
             return last
         return self._base_index
 
-    def last_term(self) -> int:
+    def _last_term_locked(self) -> int:
         if self._segments:
             term: int = self._segments.peekitem(-1)[1].last_term
             return term
@@ -381,7 +393,7 @@ class DurableLog:
             return self._entries_locked(lo, hi, max_bytes)
 
     def _entries_locked(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
-        first, last = self.first_index(), self.last_index()
+        first, last = self._first_index_locked(), self._last_index_locked()
         if lo < first:
             raise Compacted(lo, first)
         if hi > last + 1:
@@ -443,7 +455,7 @@ class DurableLog:
                 )
         with self._lock:
             self._check_usable()
-            first, last = self.first_index(), self.last_index()
+            first, last = self._first_index_locked(), self._last_index_locked()
             if start < first:
                 raise InvariantViolation(
                     "append truncates below the first index",
@@ -468,10 +480,12 @@ class DurableLog:
                     actual=start,
                     likely_cause="entries were appended without the ones before them",
                 )
-            with self._io("append"):
+            try:
                 if start <= last:
                     self._truncate_suffix_locked(start)
                 self._write_locked(entries)
+            except OSError as exc:
+                raise self._fail("append", exc) from exc
             self._cache_add(entries)
 
     def save_hard_state(self, hs: HardState) -> None:
@@ -532,7 +546,7 @@ class DurableLog:
         meta = snap.metadata
         with self._lock:
             self._check_usable()
-            first, last = self.first_index(), self.last_index()
+            first, last = self._first_index_locked(), self._last_index_locked()
             if meta.index < first - 1:
                 raise InvariantViolation(
                     "snapshot older than the log start",
@@ -555,7 +569,7 @@ class DurableLog:
                 self._snapshot = snap
             self._log("snapshot_saved", index=meta.index, term=meta.term)
             with self._io("save_snapshot"):
-                if meta.index > self.last_index():
+                if meta.index > self._last_index_locked():
                     removed = self._reset_locked(meta.index, meta.term, after_snapshot=None)
                 else:
                     removed = self._compact_locked(meta.index)
@@ -753,7 +767,7 @@ class DurableLog:
         cache_offset = index - self._cache_lo
         if 0 <= cache_offset < len(self._cache):
             return self._cache[cache_offset].term
-        first, last = self.first_index(), self.last_index()
+        first, last = self._first_index_locked(), self._last_index_locked()
         if index == first - 1:
             if self._segments:
                 prev_term: int = self._segments.peekitem(0)[1].prev_term
@@ -800,7 +814,7 @@ class DurableLog:
         if segment is not None and self._roll_next:
             self._roll_locked(segment)
             segment = None
-        last_term = self.last_term()
+        last_term = self._last_term_locked()
         frames: list[bytes] = []
         terms: list[int] = []
         pending_bytes = 0
@@ -871,7 +885,7 @@ class DurableLog:
             dropped += 1
         if not dropped:
             return 0
-        first = self.first_index()
+        first = self._first_index_locked()
         while self._cache and self._cache_lo < first:
             self._cache_size_bytes -= self._cache.popleft().size()
             self._cache_lo += 1
