@@ -57,7 +57,11 @@ class GrpcLink:
                 self._call = pb_grpc.PeerStub(self._channel).Raft()  # type: ignore[no-untyped-call]
             await self._call.write(batch)
         except (grpc.RpcError, asyncio.InvalidStateError, TimeoutError) as exc:
-            self._failure = f"link to node {self.peer_id} at {self.address}: {_short(exc)}"
+            reason = _short(exc)
+            call = self._call
+            if not isinstance(exc, grpc.aio.AioRpcError) and call is not None and call.done():
+                reason = f"{(await call.code()).name}: {await call.details()}"  # how it ended
+            self._failure = f"link to node {self.peer_id} at {self.address}: {reason}"
             raise ConnectionError(self._failure) from exc
 
     async def close(self) -> None:

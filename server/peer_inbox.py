@@ -26,13 +26,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from raft.types import Message
 from server.codec import MalformedPeerMessage, message_from_proto
 from server.errors import BrokerError
 from server.transport import PROTOCOL_VERSION
 from wire import replog_pb2 as pb
+
+if TYPE_CHECKING:
+    from server.config import ServerConfig
 
 
 class InboxRuntime(Protocol):
@@ -82,6 +85,23 @@ class PeerInbox:
         self.failed_messages = 0
         self.snapshots_reassembled = 0
         self.snapshots_dropped = 0
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ServerConfig,
+        runtime: InboxRuntime,
+        log: Any,
+        clock: Callable[[], float] = _loop_time,
+    ) -> PeerInbox:
+        return cls(
+            cfg.node.node_id,
+            cfg.node.cluster_id,
+            runtime,
+            log,
+            clock,
+            reassembly_max_bytes=cfg.server.snapshot_reassembly_max_bytes,
+        )
 
     def handle_batch(self, batch: pb.RaftBatch) -> None:
         if batch.cluster_id != self.cluster_id or batch.protocol_version != PROTOCOL_VERSION:

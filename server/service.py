@@ -34,18 +34,14 @@ from metadata import commands as mcmd
 from metadata.errors import MetadataError
 from metadata.state import Topic
 from raft.types import Role
-from server.env import system_wall_clock_ms
 from server.errors import BrokerError, abort_with, invalid_request, not_leader
+from server.node import most_caught_up_voter
 from server.peer_inbox import PeerInbox
 from wire import replog_pb2 as pb
 from wire import replog_pb2_grpc as pb_grpc
 
-try:  # the lead's BrokerNode (server/node.py) replaces server/broker.py
-    from server.node import most_caught_up_voter
-except ImportError:  # pragma: no cover - until server/node.py lands
-    from server.broker import most_caught_up_voter
-
 if TYPE_CHECKING:
+    from server.node import BrokerNode
     from server.partition_replica import PartitionReplica
 
 MAX_FETCH_BYTES = 16 << 20
@@ -75,35 +71,10 @@ def _handled(
 
 
 class ReplogService(pb_grpc.ReplogServicer):
-    def __init__(self, broker: Any) -> None:
+    def __init__(self, broker: BrokerNode) -> None:
         self.b = broker
         self.fetch_streams = 0  # open Fetch streams on this broker
         self.fetch_streams_by_peer: dict[str, int] = {}  # ... per client connection
-
-    # ------------------------------------------------------------------ seams
-    def _wall_clock_ms(self) -> int:
-        env = getattr(self.b, "env", None)
-        return env.wall_clock_ms() if env is not None else system_wall_clock_ms()
-
-    def _live_brokers(self) -> frozenset[int]:
-        live_brokers = getattr(self.b, "live_brokers", None)
-        if live_brokers is not None:
-            return frozenset(live_brokers())
-        # server/broker.py (until the BrokerNode replaces it): liveness from the wall clock.
-        timeout_ms = self.b.cfg.server.broker_session_timeout_ms
-        return frozenset(self.b.metadata.state.live_brokers(self._wall_clock_ms(), timeout_ms))
-
-    def _replog_stub(self, address: str) -> Any:
-        env = getattr(self.b, "env", None)
-        if env is not None:
-            return env.network.replog_stub(address)
-        # server/broker.py has no Env yet: one GrpcNetwork of this service's own.
-        network = getattr(self, "_fallback_network", None)
-        if network is None:
-            from server.grpc_links import GrpcNetwork
-
-            network = self._fallback_network = GrpcNetwork.from_config(self.b.cfg)
-        return network.replog_stub(address)
 
     async def _catch_up_metadata(self) -> None:
         """Before answering that a topic does not exist, make sure this replica has applied
@@ -228,7 +199,7 @@ class ReplogService(pb_grpc.ReplogServicer):
     # ------------------------------------------------------------------ metadata reads
     def _broker_msgs(self) -> list[pb.Broker]:
         state = self.b.metadata.state
-        live = self._live_brokers()
+        live = self.b.live_brokers()
         return [
             pb.Broker(
                 id=b.node_id, address=b.address, dc=b.dc, rack=b.rack, alive=b.node_id in live
@@ -312,14 +283,14 @@ class ReplogService(pb_grpc.ReplogServicer):
     async def CreateTopic(
         self, request: pb.CreateTopicRequest, context: Any
     ) -> pb.CreateTopicResponse:
-        live = tuple(sorted(self._live_brokers()))
+        live = tuple(sorted(self.b.live_brokers()))
         await self.b.metadata.propose(
             mcmd.CreateTopic(
                 request.name,
                 request.partitions,
                 request.replication_factor,
                 dict(request.config),
-                self._wall_clock_ms(),
+                self.b.env.wall_clock_ms(),
                 live,
             )
         )
@@ -428,9 +399,10 @@ class ReplogService(pb_grpc.ReplogServicer):
         self, request: pb.TransferLeadershipRequest, address: str
     ) -> pb.TransferLeadershipResponse:
         try:
-            response: pb.TransferLeadershipResponse = await self._replog_stub(
-                address
-            ).TransferLeadership(request, timeout=10.0, metadata=((FORWARDED_KEY, "1"),))
+            stub = self.b.env.network.replog_stub(address)
+            response: pb.TransferLeadershipResponse = await stub.TransferLeadership(
+                request, timeout=10.0, metadata=((FORWARDED_KEY, "1"),)
+            )
             return response
         except grpc.aio.AioRpcError as exc:
             raise BrokerError(
@@ -458,19 +430,9 @@ class PeerService(pb_grpc.PeerServicer):
     """``Raft``: one client stream per directed peer link, each batch handed to the node's
     ``PeerInbox`` (server/peer_inbox.py), which the system simulation calls directly."""
 
-    def __init__(self, broker: Any, inbox: PeerInbox | None = None) -> None:
+    def __init__(self, broker: BrokerNode, inbox: PeerInbox | None = None) -> None:
         self.b = broker
-        if inbox is None:
-            inbox = getattr(broker, "peer_inbox", None)
-        if inbox is None:  # server/broker.py, until the BrokerNode owns the inbox
-            inbox = PeerInbox(
-                node_id=broker.node_id,
-                cluster_id=broker.cfg.node.cluster_id,
-                runtime=broker.runtime,
-                log=broker.log,
-                reassembly_max_bytes=broker.cfg.server.snapshot_reassembly_max_bytes,
-            )
-        self.inbox = inbox
+        self.inbox = inbox if inbox is not None else broker.peer_inbox
 
     async def Raft(self, request_iterator: Any, context: Any) -> pb.RaftBatchAck:
         async for batch in request_iterator:

@@ -39,6 +39,7 @@ from server.codec import message_to_proto
 from wire import replog_pb2 as pb
 
 if TYPE_CHECKING:
+    from server.config import ServerConfig
     from server.env import Link, Network
 
 PROTOCOL_VERSION = 1
@@ -112,7 +113,7 @@ class PeerTransport:
         *,
         node_id: int,
         cluster_id: str,
-        network: Network | None = None,
+        network: Network,
         resolve_address: Callable[[int], str | None],
         on_unreachable: Callable[[int, set[int]], None],
         on_snapshot_status: Callable[[int, int, bool], None] | None = None,
@@ -131,16 +132,7 @@ class PeerTransport:
         ``RawNode.report_snapshot``). ``max_message_bytes`` is the link's hard limit (the gRPC
         message limit): a single message larger than that is dropped and reported, never sent.
         ``max_batch_bytes`` defaults to min(16 MiB, max_message_bytes / 2) and
-        ``snapshot_chunk_bytes`` to a quarter of that (server/config.py documents both).
-
-        ``network=None`` builds a ``GrpcNetwork`` (transitional, for server/broker.py until the
-        BrokerNode passes its Env's network; remove it then)."""
-        if network is None:
-            from server.grpc_links import GrpcNetwork  # transitional: see the docstring
-
-            network = GrpcNetwork(
-                max_message_bytes=max_message_bytes, connect_timeout_ms=backoff_max_ms
-            )
+        ``snapshot_chunk_bytes`` to a quarter of that (server/config.py documents both)."""
         if max_batch_bytes is None:
             max_batch_bytes = min(16 << 20, max_message_bytes // 2)
         if snapshot_chunk_bytes is None:
@@ -170,6 +162,36 @@ class PeerTransport:
         self._closed = False
         self.sent_batches = 0
         self.dropped_messages = 0
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: ServerConfig,
+        *,
+        network: Network,
+        resolve_address: Callable[[int], str | None],
+        on_unreachable: Callable[[int, set[int]], None],
+        on_snapshot_status: Callable[[int, int, bool], None] | None = None,
+        log: Any,
+    ) -> PeerTransport:
+        """Every limit from the broker's config ([server] section)."""
+        s = cfg.server
+        return cls(
+            node_id=cfg.node.node_id,
+            cluster_id=cfg.node.cluster_id,
+            network=network,
+            resolve_address=resolve_address,
+            on_unreachable=on_unreachable,
+            on_snapshot_status=on_snapshot_status,
+            outbox_max_messages=s.outbox_max_messages,
+            outbox_max_bytes=s.outbox_max_bytes,
+            max_batch_bytes=s.max_peer_batch_bytes,
+            snapshot_chunk_bytes=s.snapshot_chunk_bytes,
+            backoff_ms=s.reconnect_backoff_ms,
+            backoff_max_ms=s.reconnect_backoff_max_ms,
+            max_message_bytes=s.grpc_max_message_bytes,
+            log=log,
+        )
 
     # ------------------------------------------------------------------ runtime side
     def enqueue(self, group_id: int, msg: Message) -> None:

@@ -16,6 +16,7 @@ from raft.types import (
     Snapshot,
     SnapshotMetadata,
 )
+from server.config import NodeConfig, ServerConfig, ServerSection
 from server.peer_inbox import PeerInbox
 from server.transport import PeerTransport
 from tests.server.test_transport_fakes import FakeNetwork, FakeRuntime, RecordingLog
@@ -322,3 +323,35 @@ def test_a_lost_snapshot_chunk_reports_the_snapshot_failed() -> None:
 def test_inconsistent_bounds_are_refused(kwargs: dict[str, int], fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         Harness(FakeNetwork(), **kwargs)
+
+
+def test_from_config_takes_every_limit_from_the_server_section() -> None:
+    async def body() -> None:
+        cfg = ServerConfig(
+            node=NodeConfig(node_id=4, data_dir="/nonexistent", cluster_id="blue"),
+            server=ServerSection(
+                outbox_max_messages=77,
+                outbox_max_bytes=40 * MiB,
+                max_peer_batch_bytes=8 * MiB,
+                snapshot_chunk_bytes=1 * MiB,
+                reconnect_backoff_ms=3,
+                reconnect_backoff_max_ms=9,
+            ),
+        )
+        t = PeerTransport.from_config(
+            cfg,
+            network=FakeNetwork(),
+            resolve_address=lambda peer: None,
+            on_unreachable=lambda peer, groups: None,
+            log=RecordingLog(),
+        )
+        assert (t.node_id, t.cluster_id) == (4, "blue")
+        assert (t._outbox_max_messages, t._outbox_max_bytes) == (77, 40 * MiB)
+        assert (t._max_batch_bytes, t._chunk_bytes) == (8 * MiB, 1 * MiB)
+        assert (t._backoff_s, t._backoff_max_s) == (0.003, 0.009)
+        assert t._max_message_bytes == 64 * MiB
+        inbox = PeerInbox.from_config(cfg, FakeRuntime(), RecordingLog())
+        assert (inbox.node_id, inbox.cluster_id) == (4, "blue")
+        assert inbox._reassembly_max_bytes == 512 * MiB
+
+    run(body)
