@@ -316,9 +316,12 @@ async def cmd_produce(args: argparse.Namespace) -> int:
 
 async def cmd_consume(args: argparse.Namespace) -> int:
     reset = "error" if args.offset is not None else "earliest"
-    consumer = Consumer(
-        _bootstrap(args), ConsumerConfig(auto_offset_reset=reset, request_timeout_ms=10_000)
+    # An --offset above the end is retried for 2 s (long enough for a new leader's high
+    # watermark to catch up after a failover), then reported; below the start at once.
+    config = ConsumerConfig(
+        auto_offset_reset=reset, request_timeout_ms=10_000, out_of_range_retry_ms=2_000
     )
+    consumer = Consumer(_bootstrap(args), config)
     as_json = _wants_json(args)
     printed = 0
     try:

@@ -69,6 +69,7 @@ from client.config import ProducerConfig
 from client.connection import Connection, StubFactory, backoff_s, now_s
 from client.errors import (
     ClientClosed,
+    InternalError,
     InvalidRequest,
     OutOfOrderSequence,
     ProducerFenced,
@@ -647,7 +648,24 @@ class Producer:
             return
 
     def _succeed(self, state: _Partition, batch: _Batch, response: pb.ProduceResponse) -> None:
-        batch.succeed(state.key[0], state.key[1], response.base_offset)
+        """Report the batch written at the offsets the broker answered - only if they can be
+        this batch's: a broker rejects a batch with an error status, never with a success
+        (with acks=leader too, #12 defect 8), so an answer that does not place exactly this
+        batch's records is not taken as "written"."""
+        topic, partition = state.key
+        count = batch.builder.record_count
+        base, last = response.base_offset, response.last_offset
+        if base < 0 or last - base + 1 != count:
+            self._fail(
+                batch,
+                InternalError(
+                    f"the broker acknowledged {count} records for {topic}/{partition} at "
+                    f"offsets [{base}, {last}]; they are not reported as written",
+                    hint="a broker bug; check the partition with `replog consume`",
+                ),
+            )
+            return
+        batch.succeed(topic, partition, base)
         self._release(batch)
 
     def _fail(self, batch: _Batch, error: BaseException) -> None:

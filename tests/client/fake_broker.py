@@ -108,6 +108,17 @@ class Fault:
     # delay_ack_max_s, as the next batch may be waiting for this very answer)
     delay_ack: bool = False
     delay_ack_max_s: float = 0.5
+    # Produce only: answer this instead of deciding, and append nothing (a broker that reports
+    # a rejected batch as a success - what #12 defect 8's broker did with acks=leader)
+    answer: pb.ProduceResponse | None = None
+
+
+class Answer(Exception):
+    """Internal: a fault that answers instead of failing."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__("injected answer")
+        self.response = response
 
 
 @dataclass
@@ -374,6 +385,8 @@ class FakeCluster:
         return None
 
     def raise_fault(self, fault: Fault, topic: str, partition: int) -> None:
+        if fault.answer is not None:
+            raise Answer(fault.answer)
         if fault.move_leader_to:
             self.move_leader(topic, partition, fault.move_leader_to)
         if fault.bare_status is not None:
@@ -486,7 +499,11 @@ class FakeNode(pb_grpc.ReplogServicer):
             def produce() -> pb.ProduceResponse:
                 nonlocal delay
                 header = read_header(request.batch)
-                self._enter("Produce", request.topic, request.partition, header.base_sequence)
+                try:
+                    self._enter("Produce", request.topic, request.partition, header.base_sequence)
+                except Answer as answer:
+                    response: pb.ProduceResponse = answer.response
+                    return response
                 c.check_leader(self.node_id, request.topic, request.partition)
                 c.produce_requests.append((request.topic, request.partition, request.batch))
                 response, outcome = c.decide_produce(
