@@ -197,6 +197,8 @@ class PeerTransport:
     def enqueue(self, group_id: int, msg: Message) -> None:
         peer = self._peer(msg.to)
         if peer is None:
+            if msg.type == MessageType.SNAPSHOT and self._on_snapshot_status is not None:
+                self._on_snapshot_status(msg.to, group_id, False)
             self._on_unreachable(msg.to, {group_id})
             return
         proto = message_to_proto(group_id, msg)
@@ -360,6 +362,10 @@ class PeerTransport:
                         error = str(exc)
                         self._drop(peer, [out], "send_failed")
                         break
+                    except asyncio.CancelledError:  # the peer moved, or abandon()/close()
+                        if not self._closed:
+                            self._drop(peer, [out], "link_stopped")
+                        raise
                     self.sent_batches += 1
                     self._delivered(peer, out)
                     if not peer.connected:
@@ -414,7 +420,12 @@ class PeerTransport:
             self._drop(peer, lost, reason)
 
     def _stop_peer(self, peer: _Peer) -> None:
+        unsent = _Outgoing()
+        for item in peer.pending:
+            unsent.add(item)
+        peer.pending = []
         self._discard_outbox(peer, "peer_moved")
+        self._drop(peer, [unsent], "peer_moved")
         if peer.task is not None:
             peer.task.cancel()
         self._peers.pop(peer.peer_id, None)

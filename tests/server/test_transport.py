@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from server.transport import PeerTransport
 from tests.server.test_transport_fakes import FakeNetwork, FakeRuntime, RecordingLog
 
 MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
 BATCH_BOUND = 16 * MiB
 
 
@@ -353,5 +357,65 @@ def test_from_config_takes_every_limit_from_the_server_section() -> None:
         inbox = PeerInbox.from_config(cfg, FakeRuntime(), RecordingLog())
         assert (inbox.node_id, inbox.cluster_id) == (4, "blue")
         assert inbox._reassembly_max_bytes == 512 * MiB
+
+    run(body)
+
+
+def test_the_transport_imports_without_grpc() -> None:
+    """The transport is seam-independent: all gRPC lives in server/grpc_links.py."""
+    code = (
+        "import sys\n"
+        "sys.modules['grpc'] = None\n"  # any `import grpc` now raises ImportError
+        "import server.transport\n"
+        "assert 'server.grpc_links' not in sys.modules\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_peer_that_moved_gets_a_new_link_and_its_unsent_messages_are_reported() -> None:
+    async def body() -> None:
+        net = FakeNetwork()
+        net.gates[2] = asyncio.Event()
+        h = Harness(net)
+        addresses = {2: "old:1"}
+        h.transport._resolve = addresses.get
+        h.transport.enqueue(1, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: len(net.blocked) == 1)
+        h.transport.enqueue(2, heartbeat())  # queued for the old address
+        h.transport.flush()
+        h.transport.enqueue(3, heartbeat())  # pending, not flushed yet
+        addresses[2] = "new:1"
+        del net.gates[2]
+        h.transport.enqueue(4, heartbeat())  # resolves the new address
+        h.transport.flush()
+        assert h.unreachable_groups() == {2, 3}
+        await net.until(lambda: len(net.batches(2)) == 1)
+        # 1 was being written when the old link stopped: reported too.
+        await net.until(lambda: h.unreachable_groups() == {1, 2, 3})
+        assert [
+            (link.address, [m.group_id for b in link.sent for m in b.messages])
+            for link in net.links
+        ] == [
+            ("old:1", []),
+            ("new:1", [4]),
+        ]
+        await h.transport.close()
+
+    run(body)
+
+
+def test_a_snapshot_for_an_unknown_peer_is_reported_failed() -> None:
+    async def body() -> None:
+        h = Harness(FakeNetwork())
+        msg, _data = snapshot_message(10)
+        h.transport.enqueue(
+            4, Message(MessageType.SNAPSHOT, to=9, from_=1, term=7, snapshot=msg.snapshot)
+        )
+        assert h.snapshot_status == [(9, 4, False)] and h.unreachable == [(9, {4})]
+        await h.transport.close()
 
     run(body)
