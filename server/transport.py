@@ -131,10 +131,11 @@ class PeerTransport:
         (``ok``: every chunk was handed to the link) or was lost (feed it to
         ``RawNode.report_snapshot``). ``max_message_bytes`` is the link's hard limit (the gRPC
         message limit): a single message larger than that is dropped and reported, never sent.
-        ``max_batch_bytes`` defaults to min(16 MiB, max_message_bytes / 2) and
-        ``snapshot_chunk_bytes`` to a quarter of that (server/config.py documents both)."""
+        ``max_batch_bytes`` defaults to min(16 MiB, max_message_bytes / 4) and
+        ``snapshot_chunk_bytes`` to a quarter of that, as server/config.py's 0 = auto does
+        (``from_config`` passes the configured values)."""
         if max_batch_bytes is None:
-            max_batch_bytes = min(16 << 20, max_message_bytes // 2)
+            max_batch_bytes = min(16 << 20, max_message_bytes // 4)
         if snapshot_chunk_bytes is None:
             snapshot_chunk_bytes = max_batch_bytes // 4
         if not 0 < snapshot_chunk_bytes < max_batch_bytes <= max_message_bytes:
