@@ -241,7 +241,7 @@ class FakeCluster:
         """(offset, value) of every stored record (decoding each batch)."""
         from wire.batch import decode
 
-        out = []
+        out: list[tuple[int, bytes]] = []
         for raw in self.partition(topic, partition).batches:
             _, records = decode(raw)
             out.extend((r.offset, r.value or b"") for r in records)
@@ -758,7 +758,9 @@ class FakeBroker:
         servers = []
         for node_id in cluster.node_ids:
             server = grpc.aio.server()
-            pb_grpc.add_ReplogServicer_to_server(FakeNode(cluster, node_id), server)
+            pb_grpc.add_ReplogServicer_to_server(  # type: ignore[no-untyped-call]
+                FakeNode(cluster, node_id), server
+            )
             port = server.add_insecure_port("127.0.0.1:0")
             cluster.addresses[node_id] = f"127.0.0.1:{port}"
             await server.start()

@@ -48,7 +48,7 @@ def test_producer_consumer_admin_round_trip_through_a_stub_factory_without_socke
     async def scenario() -> None:
         fake = InProcessCluster(nodes=3)
         fake.cluster.create_topic("orders", 2, 3)
-        seams = {"stub_factory": fake.stub_factory}
+        seams: dict[str, Any] = {"stub_factory": fake.stub_factory}
         async with AdminClient(fake.bootstrap, **seams) as admin:
             assert [t.name for t in await admin.list_topics()] == ["orders"]
         async with Producer(fake.bootstrap, FAST_PRODUCER, **seams) as producer:
