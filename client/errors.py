@@ -136,6 +136,16 @@ class NotLeader(ReplogError):
 
 
 @_register
+class TooManyFetchStreams(ReplogError):
+    """The broker (or this client's connection to it) has as many Fetch streams open as it
+    allows; ``fields["limit"]`` says how many."""
+
+    code = "TOO_MANY_FETCH_STREAMS"
+    retriable = True
+    default_hint = "close idle consumers or raise server.max_fetch_streams; the client retries"
+
+
+@_register
 class LeaderNotAvailable(ReplogError):
     code = "LEADER_NOT_AVAILABLE"
     retriable = True

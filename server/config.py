@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from partition.config import MAX_MESSAGE_BYTES_LIMIT
 from raft.config import RaftConfig
 
 __all__ = [
@@ -431,6 +432,13 @@ class PartitionDefaults:
         _limit_or_forever("partition.retention_ms", self.retention_ms)
         _limit_or_forever("partition.retention_bytes", self.retention_bytes)
         _at_least("partition.max_batch_bytes", self.max_batch_bytes, 1)
+        if self.max_batch_bytes > MAX_MESSAGE_BYTES_LIMIT:
+            raise ConfigError(
+                "partition.max_batch_bytes",
+                self.max_batch_bytes,
+                f"must be at most {MAX_MESSAGE_BYTES_LIMIT} bytes (8 MiB): a batch must fit in one "
+                "peer message with room to spare, and topics are capped the same way",
+            )
         _at_least("partition.retention_check_ms", self.retention_check_ms, 1)
 
 

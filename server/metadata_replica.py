@@ -79,6 +79,7 @@ class MetadataReplica:
         fallback_targets: Sequence[int] = (),
         on_broker_heard: Callable[[int], None] = lambda node_id: None,
         on_leadership: Callable[[bool], None] = lambda leader: None,
+        incarnation: str = "",
     ) -> None:
         self.node = node
         self._on_broker_heard = on_broker_heard
@@ -100,6 +101,12 @@ class MetadataReplica:
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
         self._ctx = itertools.count(1)
+        # Read-index contexts must be unique across restarts too: a READ_INDEX_RESP sent to this
+        # node's previous incarnation can arrive after a restart, and must not answer a new
+        # barrier with an index from before (a stale read: UNKNOWN_TOPIC for a live topic,
+        # found by tests/system_sim, crashy profile, seed 17).
+        self._ctx_prefix = f"{node.id}:{incarnation}"
+
         self.stopped: BaseException | None = None
         self.applied_since_snapshot = 0
 
@@ -246,6 +253,12 @@ class MetadataReplica:
     async def propose(self, cmd: object, timeout_s: float = 10.0) -> Any:
         """Propose a command wherever the leader is; waits until applied HERE too, so a read
         on this broker right after sees the change. Returns the apply result in JSON form."""
+        _index, result = await self.propose_indexed(cmd, timeout_s)
+        return result
+
+    async def propose_indexed(self, cmd: object, timeout_s: float = 10.0) -> tuple[int, Any]:
+        """``propose``, also returning the log index the command was committed at (a learner
+        that has no voters configured yet does not wait to apply it: see ``wait_applied``)."""
         data = mcmd.encode(cmd)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -258,7 +271,7 @@ class MetadataReplica:
                 index, result = await self._propose_once(data, remaining, hops=0)
                 if self.node.has_voters() or self.role == Role.LEADER:
                     await self.wait_applied(index, max(0.01, deadline - loop.time()))
-                return result
+                return index, result
             except BrokerError as exc:
                 if not exc.retriable:
                     raise
@@ -283,7 +296,7 @@ class MetadataReplica:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise timed_out("metadata read barrier")
-            ctx = f"{self.node.id}:{next(self._ctx)}".encode()
+            ctx = f"{self._ctx_prefix}:{next(self._ctx)}".encode()
             fut: asyncio.Future[int] = loop.create_future()
             self._read_waiters[ctx] = fut
             self.node.read_index(ctx)

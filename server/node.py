@@ -113,12 +113,7 @@ class BrokerNode:
         from server.peer_inbox import PeerInbox
         from server.service import PeerService, ReplogService
 
-        self.peer_inbox = PeerInbox(
-            node_id=self.node_id,
-            cluster_id=cfg.node.cluster_id,
-            runtime=self.runtime,
-            log=self.log,
-        )
+        self.peer_inbox = PeerInbox.from_config(cfg, self.runtime, self.log)
         self.replog_service = ReplogService(self)
         self.peer_service = PeerService(self)
 
@@ -141,18 +136,7 @@ class BrokerNode:
         return self.cfg.node.voters.get(node_id, "")
 
     def _raft_config(self, priority: int = 0) -> RaftConfig:
-        r = self.cfg.raft
-        return RaftConfig(
-            node_id=self.node_id,
-            election_ticks=r.election_ticks,
-            heartbeat_ticks=r.heartbeat_ticks,
-            max_size_per_msg=r.max_size_per_msg,
-            max_inflight_msgs=r.max_inflight_msgs,
-            max_inflight_bytes=r.max_inflight_bytes,
-            pre_vote=r.pre_vote,
-            check_quorum=r.check_quorum,
-            priority=priority,
-        )
+        return self.cfg.raft.to_raft_config(self.node_id, priority)
 
     def _raft_logger(self, group_id: int) -> Callable[..., None]:
         log = self.log.bind(group_id=group_id)
@@ -223,6 +207,7 @@ class BrokerNode:
             fallback_targets=sorted(self.cfg.node.voters),
             on_broker_heard=self._on_broker_heard,
             on_leadership=self._on_metadata_leadership,
+            incarnation=f"{self.runtime.rng.getrandbits(48):012x}",
         )
         self.runtime.add_group(Group(METADATA_GROUP_ID, node, log, self.metadata))
 
@@ -486,9 +471,7 @@ class BrokerNode:
         while not self.stopping:
             try:
                 if not registered:
-                    # Applied HERE before it returns: this replica has caught up with everything
-                    # committed before its registration, so reconcile may now delete.
-                    await self.metadata.propose(
+                    index, _ = await self.metadata.propose_indexed(
                         mcmd.RegisterBroker(
                             self.node_id,
                             self.address,
@@ -499,8 +482,8 @@ class BrokerNode:
                         timeout_s=5.0,
                     )
                     registered = True
-                    self._on_caught_up()
-                    self.log.info("broker_registered")
+                    self.log.info("broker_registered", index=index)
+                    self.spawn(self._catch_up(index), "metadata-catch-up")
                 else:
                     await self.metadata.propose(
                         mcmd.BrokerHeartbeat(self.node_id, self.env.wall_clock_ms()),
@@ -514,11 +497,22 @@ class BrokerNode:
                 continue
             await asyncio.sleep(interval)
 
-    def _on_caught_up(self) -> None:
-        if not self.metadata_caught_up and self.metadata.node.status().conf_state.voters:
-            self.metadata_caught_up = True
-            self._layout_seen = -1  # re-plan: deletions held back until now may proceed
-            self._schedule_reconcile()
+    async def _catch_up(self, index: int) -> None:
+        """Once this replica has applied its own registration (committed after everything the
+        cluster had committed when it started), its metadata is current: reconcile may now
+        create fresh replicas and delete deleted ones (server/reconcile.py)."""
+        while not self.stopping:
+            try:
+                await self.metadata.wait_applied(index, timeout_s=5.0)
+                break
+            except BrokerError:
+                continue
+        if self.stopping:
+            return
+        self.metadata_caught_up = True
+        self.log.info("metadata_caught_up", index=index)
+        self._layout_seen = -1  # re-plan: what was held back until now may proceed
+        self._schedule_reconcile()
 
     def _resend_leader_reports(self) -> None:
         """Partitions this broker leads whose leadership the metadata does not show yet."""

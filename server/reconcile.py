@@ -12,6 +12,11 @@ commit index it last wrote, which lags. Its state can be *older* than the groups
     only ever holds committed, applied entries), and
   - this replica has caught up with the metadata leader since it started (a barrier or a
     proposal of its own applied here), so a decision never rests on a stale replay alone.
+A replica that is not on disk is created only after catching up too: a stale replay can still
+list a group whose delete it has not reached, and whose directory this broker already removed;
+recreating it empty would bring back a zombie replica with no memory of its votes (two
+leaders in one term: found by the system simulation, seed 5 of the crashy profile). Replicas
+already on disk are opened at start-up from their own description, before any catch-up.
 Anything else is kept, and opened or updated as the state says. A replica the state moved to
 other brokers is closed but its data kept (Raft membership, not reconcile, retires it).
 """
@@ -45,7 +50,7 @@ def plan(
     for group_id, a in sorted(wanted.items()):
         replicas = local.get(group_id)
         if replicas is None:
-            if group_id not in opening:
+            if group_id not in opening and caught_up:
                 out.open.append(a)
         elif replicas != a.replicas:
             out.update_replicas.append(a)

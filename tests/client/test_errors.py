@@ -20,6 +20,7 @@ from wire import replog_pb2 as pb
 EXPECTED = {
     "NOT_LEADER": (errors.NotLeader, True, True),
     "LEADER_NOT_AVAILABLE": (errors.LeaderNotAvailable, True, True),
+    "TOO_MANY_FETCH_STREAMS": (errors.TooManyFetchStreams, True, False),
     "UNKNOWN_TOPIC": (errors.UnknownTopic, False, True),
     "UNKNOWN_PARTITION": (errors.UnknownPartition, False, True),
     "OFFSET_OUT_OF_RANGE": (errors.OffsetOutOfRange, False, False),

@@ -93,7 +93,7 @@ def test_check_quorum_leader_steps_down_when_cut_off() -> None:
     net = Network([1, 2, 3])
     net.elect(1)
     net.isolate(1)
-    for _ in range(2 * 10 + 1):
+    for _ in range(2 * net.nodes[1].raft.election_ticks + 1):  # the 2nd CheckQuorum finds no quorum
         net.tick(1)
         net.stabilize()
     assert net.nodes[1].status().role is Role.FOLLOWER

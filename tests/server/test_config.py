@@ -59,7 +59,7 @@ def test_defaults_match_the_documented_values() -> None:
     assert cfg.node.peer_addresses == {}
     assert cfg.raft == RaftSection(
         tick_ms=100,
-        election_ticks=10,  # raft.config.RaftConfig's (see the test below)
+        election_ticks=5,  # raft.config.RaftConfig's (see the test below)
         heartbeat_ticks=1,
         max_size_per_msg=1 << 20,
         max_inflight_msgs=256,
@@ -301,7 +301,7 @@ def test_wrong_types_are_refused(tmp_path: Path) -> None:
         (["server.reconnect_backoff_max_ms=10"], "server.reconnect_backoff_max_ms", ">= server."),
         (["server.log_level=verbose"], "server.log_level", "debug, info"),
         (["server.grpc_max_message_bytes=1000"], "server.grpc_max_message_bytes", ">= 65536"),
-        (["partition.max_batch_bytes=70000000"], "partition.max_batch_bytes", "grpc_max"),
+        (["partition.max_batch_bytes=70000000"], "partition.max_batch_bytes", "(8 MiB)"),
         (["raft.max_size_per_msg=70000000"], "raft.max_size_per_msg", "grpc_max"),
         (["raft.max_uncommitted_bytes=0"], "raft.max_uncommitted_bytes", ">= 1"),
         (
@@ -310,7 +310,11 @@ def test_wrong_types_are_refused(tmp_path: Path) -> None:
             "(server.grpc_max_message_bytes)",
         ),
         (
-            ["partition.max_batch_bytes=60000000", "raft.max_size_per_msg=8000000"],
+            [
+                "server.grpc_max_message_bytes=10000000",
+                "partition.max_batch_bytes=8000000",
+                "raft.max_size_per_msg=4000000",
+            ],
             "server.grpc_max_message_bytes",
             "one append message",
         ),

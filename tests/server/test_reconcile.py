@@ -86,3 +86,15 @@ def test_no_prefix_of_the_log_deletes_a_group_alive_at_its_end(
     stale = replay(commands[:cut])
     decided = plan(stale, NODE, on_disk, set(), caught_up=data.draw(st.booleans()))
     assert not set(decided.delete) & alive, (cut, decided.delete, alive)
+
+
+def test_a_replica_missing_from_disk_is_created_only_after_catching_up() -> None:
+    """A stale replay may still list a deleted group whose directory is gone: recreating it
+    empty would resurrect a replica that forgot its votes (two leaders in one term; found by
+    tests/system_sim, crashy profile, seed 5)."""
+    full = [*cluster(), create("a"), DeleteTopic("a")]
+    stale = replay(full[:4])  # sees "a" alive; its directory was already removed here
+    assert plan(stale, NODE, {}, set(), caught_up=False).open == []
+    assert plan(replay(full), NODE, {}, set(), caught_up=True).open == []
+    fresh = replay([*cluster(), create("b")])
+    assert [a.topic for a in plan(fresh, NODE, {}, set(), caught_up=True).open] == ["b", "b"]
