@@ -96,6 +96,32 @@ class OffsetIndex:
         f = self._first_index
         return max(self._max_ts[lo - f : hi - f + 1])
 
+    def prefix(self, upto: int) -> tuple[list[int], list[int], bytes, list[int]]:
+        """Copies of (bases, terms, kinds, max timestamps) of the entries <= ``upto``
+        (a checkpoint's image: list slices, pointer copies only)."""
+        n = max(0, upto - self._first_index + 1)
+        return self._bases[:n], self._terms[:n], bytes(self._kinds[:n]), self._max_ts[:n]
+
+    @classmethod
+    def from_parts(
+        cls,
+        first_index: int,
+        start_offset: int,
+        end_offset: int,
+        bases: list[int],
+        terms: list[int],
+        kinds: bytes,
+        max_ts: list[int],
+    ) -> OffsetIndex:
+        """An index holding exactly these entries (a checkpoint's, validated by its reader)."""
+        index = cls(first_index, start_offset)
+        index._bases = bases
+        index._terms = terms
+        index._kinds = bytearray(kinds)
+        index._max_ts = max_ts
+        index._end_offset = end_offset
+        return index
+
     # --- changes -------------------------------------------------------------------------
 
     def append(self, index: int, term: int, span: int, kind: EntryKind, max_ts: int) -> int:

@@ -178,6 +178,14 @@ class ProducerTable:
         """The log time after the entries applied so far."""
         return self._now
 
+    def copy(self) -> ProducerTable:
+        """An independent table with the same entries and log time (entries are immutable,
+        so this copies references only)."""
+        other = ProducerTable(self._keep, self._expiry_ms)
+        other._entries = OrderedDict(self._entries)
+        other._now = self._now
+        return other
+
     def view(self) -> Mapping[int, ProducerEntry]:
         return MappingProxyType(self._entries)
 

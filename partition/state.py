@@ -44,6 +44,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from partition.checkpoint import CheckpointImage, CheckpointInvalid
 from partition.config import PartitionConfig
 from partition.errors import (
     BatchTooLarge,
@@ -57,7 +58,7 @@ from partition.offset_index import OffsetIndex
 from partition.producers import BatchMetadata, ProducerEntry, ProducerTable
 from partition.retention import retention_cut as _retention_cut
 from partition.tail import ProducerTail
-from raft.types import Entry
+from raft.types import ConfState, Entry
 from wire.batch import BatchHeader, validate, with_base_offset
 
 __all__ = [
@@ -445,6 +446,71 @@ class PartitionState:
         self._hw = hw
         self._log_start_floor = hw
         self._tail = ProducerTail(producers, snapshot_index)
+
+    # --- checkpoints (partition/checkpoint.py) ---------------------------------------------
+
+    def capture_checkpoint(self, conf_state: ConfState | None = None) -> CheckpointImage:
+        """An immutable image of the state at ``applied_index``: the offset index up to it
+        (list slices) and a copy of the producer table, with the group's membership as of that
+        index (``conf_state``, which the runtime tracks). Cheap enough for the event loop; the
+        caller encodes and writes it elsewhere. Describes applied (so committed) entries only."""
+        applied, index = self._applied, self._index
+        bases, terms, kinds, max_ts = index.prefix(applied)
+        return CheckpointImage(
+            index=applied,
+            term=index.term_of(applied) if index.contains(applied) else 0,
+            snapshot_index=self._snapshot_index,
+            high_watermark=self._hw,
+            log_start_floor=self._log_start_floor,
+            first_index=index.first_index,
+            start_offset=bases[0] if bases else self._hw,
+            bases=bases,
+            terms=terms,
+            kinds=kinds,
+            max_timestamps=max_ts,
+            producers=self._producers.copy(),
+            conf_state=conf_state if conf_state is not None else ConfState(),
+        )
+
+    def restore_checkpoint(self, image: CheckpointImage, snapshot_index: int) -> None:
+        """Replace the state with the checkpoint's, for a log whose Raft snapshot is at
+        ``snapshot_index``: afterwards the state equals the one ``restore(snapshot)`` plus
+        ``on_log_append`` and ``apply`` of every entry up to ``image.index`` would give. A
+        retention cut after the checkpoint was taken (``image.snapshot_index <
+        snapshot_index <= image.index``) is applied to the restored index; a cut above the
+        checkpoint makes it useless: CheckpointInvalid. Then report the log after
+        ``image.index`` through ``on_log_append``."""
+        if image.first_index != image.snapshot_index + 1:
+            raise CheckpointInvalid(
+                f"offset index starts at {image.first_index}, not after the checkpoint's "
+                f"snapshot index {image.snapshot_index}"
+            )
+        if not image.snapshot_index <= snapshot_index <= image.index:
+            raise CheckpointInvalid(
+                f"checkpoint at index {image.index} (snapshot {image.snapshot_index}) does not "
+                f"cover the log's snapshot at index {snapshot_index}"
+            )
+        producers = image.producers.copy()
+        index = OffsetIndex.from_parts(
+            image.first_index,
+            image.start_offset,
+            image.high_watermark,
+            list(image.bases),
+            list(image.terms),
+            image.kinds,
+            list(image.max_timestamps),
+        )
+        floor = image.log_start_floor
+        if snapshot_index > image.snapshot_index:
+            index.compact_to(snapshot_index + 1)
+            floor = max(floor, index.start_offset)
+        self._producers = producers
+        self._index = index
+        self._applied = image.index
+        self._snapshot_index = snapshot_index
+        self._hw = image.high_watermark
+        self._log_start_floor = floor
+        self._tail = ProducerTail(producers, image.index)
 
     def on_compacted(self, first_kept_index: int) -> None:
         """The Raft log now starts at ``first_kept_index``; offsets before it are gone."""

@@ -38,7 +38,7 @@ from raft.confchange import apply_conf_change
 from raft.config import RaftConfig
 from raft.errors import InvariantViolation
 from raft.leader import NEED_SNAPSHOT, LeaderMixin
-from raft.log import RaftLog
+from raft.log import RaftLog, restart_index
 from raft.quorum import VoteResult
 from raft.read_only import ReadOnly
 from raft.storage_api import LogStorage
@@ -83,7 +83,11 @@ class Raft(LeaderMixin):
         storage: LogStorage,
         rng: random.Random,
         logger: Logger | None = None,
+        applied: int | None = None,
+        applied_conf_state: ConfState | None = None,
     ) -> None:
+        if applied_conf_state is not None and applied is None:
+            raise ValueError("applied_conf_state is the membership as of `applied`: pass both")
         self.id = config.node_id
         self.config = config
         self.rng = rng
@@ -91,7 +95,7 @@ class Raft(LeaderMixin):
         self.election_ticks = config.election_ticks
         self.heartbeat_ticks = config.heartbeat_ticks
         self.max_size_per_msg = config.max_size_per_msg
-        self.log = RaftLog(storage)
+        self.log = RaftLog(storage, applied)
         self.tracker = ProgressTracker(config.max_inflight_msgs, config.max_inflight_bytes)
         self.term = 0
         self.vote = NONE
@@ -117,19 +121,29 @@ class Raft(LeaderMixin):
         self.persist_records: list[tuple[int, int, int, int]] = []
 
         hs, cs = storage.initial_state()
-        self._restore_membership(storage, hs, cs)
+        self._restore_membership(storage, hs, cs, applied_conf_state)
         self.handed_hard_state = hs
         self.term = hs.term
         self.vote = hs.vote
         self.become_follower(self.term, NONE)
 
-    def _restore_membership(self, storage: LogStorage, hs: HardState, cs: ConfState) -> None:
+    def _restore_membership(
+        self, storage: LogStorage, hs: HardState, cs: ConfState, applied_cs: ConfState | None
+    ) -> None:
         last = storage.last_index()
-        # RaftLog starts committed/applied at the snapshot index (or first_index - 1 if that
-        # is higher): entries a snapshot covers are never handed out again, even when the
-        # storage still keeps some of them (compaction keeps whole segments).
-        base = self.log.committed
-        commit = max(hs.commit, base)
+        # RaftLog starts applied at the snapshot index (or first_index - 1 if that is higher),
+        # or at the caller's ``applied`` (a state machine checkpoint): entries a snapshot or
+        # checkpoint covers are never handed out again, even when the storage still keeps some
+        # of them (compaction keeps whole segments). Membership is the snapshot's ConfState plus
+        # the changes after the restart point ``base`` -- or, when the caller knows the
+        # membership as of ``applied`` (``applied_cs``, the checkpoint's), that plus the changes
+        # after ``applied``, so the entries up to it are not even read. An applied entry was
+        # committed, so the commit index starts at least at ``applied`` (the stored commit is
+        # flushed lazily and may trail it).
+        base = restart_index(storage)
+        if applied_cs is not None:
+            cs, base = applied_cs, self.log.applied
+        commit = max(hs.commit, self.log.committed)
         if commit > last:
             raise InvariantViolation(
                 "restored commit index",

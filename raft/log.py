@@ -46,25 +46,41 @@ def limit_size(ents: list[Entry], max_bytes: int | None) -> list[Entry]:
     return ents
 
 
+def restart_index(storage: LogStorage) -> int:
+    """Where a restarted node's state machine stands when nothing else is known: the snapshot
+    index, which may lie above first_index() - 1 when the storage keeps entries the snapshot
+    covers (DurableLog compacts whole segments). Starting at first_index() - 1 would hand
+    already-applied entries out again."""
+    try:
+        snap_index = storage.snapshot().metadata.index
+    except SnapshotTemporarilyUnavailable:
+        snap_index = 0
+    return max(storage.first_index() - 1, snap_index)
+
+
 class RaftLog:
     __slots__ = ("applied", "applying", "committed", "conf_indexes", "storage", "unstable")
 
-    def __init__(self, storage: LogStorage) -> None:
+    def __init__(self, storage: LogStorage, applied: int | None = None) -> None:
+        """``applied``: the index the state machine already holds everything up to (e.g. a
+        partition checkpoint, server/checkpoint.py); None means the restart point below.
+        It must lie in [restart point, last stored index] (raises ``ValueError``): an entry
+        the state machine applied was committed, so ``committed`` starts at least there."""
         self.storage = storage
-        first = storage.first_index()
         last = storage.last_index()
         self.unstable = Unstable(last + 1)
-        # Restart point: the snapshot index, which may lie above first_index() - 1 when the
-        # storage keeps entries the snapshot covers (DurableLog compacts whole segments).
-        # Starting at first_index() - 1 would hand already-applied entries out again.
-        try:
-            snap_index = storage.snapshot().metadata.index
-        except SnapshotTemporarilyUnavailable:
-            snap_index = 0
-        base = max(first - 1, snap_index)
-        self.committed = base
-        self.applying = base
-        self.applied = base
+        base = restart_index(storage)
+        if applied is None:
+            applied = base
+        elif not base <= applied <= last:
+            raise ValueError(
+                f"applied index {applied} at restart must lie between the restart point "
+                f"{base} (snapshot index or first index - 1) and the last stored index {last}; "
+                "the state machine's checkpoint does not belong to this log"
+            )
+        self.committed = applied
+        self.applying = applied
+        self.applied = applied
         self.conf_indexes: list[int] = []
 
     def __repr__(self) -> str:

@@ -8,7 +8,9 @@ bookkeeping; the core owns the persistence hold-back (``Raft.send``). No I/O.
 Restart: ``RawNode(config, storage, rng)`` reads term/vote/commit from
 ``storage.initial_state()``; membership is the storage's ConfState plus every CONF_CHANGE
 entry in (snapshot index, commit]. Applied restarts at the snapshot index, so committed
-entries after it are handed out again for the state machine to rebuild from.
+entries after it are handed out again for the state machine to rebuild from -- unless the
+driver passes ``applied`` (the index its state machine's checkpoint holds everything up to):
+then committed entries are handed out from ``applied + 1`` only.
 """
 
 from __future__ import annotations
@@ -56,8 +58,17 @@ class RawNode:
         storage: LogStorage,
         rng: random.Random,
         logger: Callable[..., None] | None = None,
+        applied: int | None = None,
+        applied_conf_state: ConfState | None = None,
     ) -> None:
-        self._raft = Raft(config, storage, rng, logger)
+        """``applied``: the state machine already has everything up to this index (a
+        checkpoint), so committed entries are handed out from ``applied + 1``. None (the
+        default) restarts at the snapshot index. Must satisfy snapshot index <= applied <=
+        last stored index, else ``ValueError``; the commit index starts at least there.
+        ``applied_conf_state``: the membership as of ``applied`` (the storage's ConfState plus
+        every committed CONF_CHANGE up to it, applied as the core applies them), so restart
+        reads only the entries after ``applied``; None derives it from the storage's log."""
+        self._raft = Raft(config, storage, rng, logger, applied, applied_conf_state)
         self._prev_soft = SoftState(self._raft.leader_id, self._raft.role)
 
     @property

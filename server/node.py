@@ -34,13 +34,14 @@ from raft.config import RaftConfig
 from raft.rawnode import RawNode, Status
 from raft.storage import DurableLog
 from raft.types import ConfChange, ConfChangeType, ConfState, Role, Snapshot, SnapshotMetadata
+from server.checkpoint import CheckpointStore
 from server.config import ServerConfig
 from server.env import Env
 from server.errors import BrokerError, not_leader
 from server.liveness import BrokerLiveness
 from server.logsetup import get_logger
 from server.metadata_replica import MetadataReplica
-from server.partition_replica import PartitionReplica, load_partition_state
+from server.partition_replica import LoadedPartition, PartitionReplica, load_partition_state
 from server.reconcile import plan
 from server.registry import GroupRegistry, GroupSpec
 from server.runtime import Group, Runtime
@@ -260,20 +261,22 @@ class BrokerNode:
         try:
             pcfg = self._partition_config(spec.config)
 
-            def load() -> tuple[DurableLog, PartitionState, bool]:
+            def load() -> tuple[DurableLog, LoadedPartition, bool, CheckpointStore]:
                 log, fresh = self.registry.open_partition_log(spec)
                 try:
-                    return log, load_partition_state(log, lambda: PartitionState(pcfg)), fresh
+                    store = CheckpointStore(self.env.fs, log.directory, spec.group_id, self.log)
+                    loaded = load_partition_state(log, lambda: PartitionState(pcfg), store)
+                    return log, loaded, fresh, store
                 except BaseException:
                     log.close()
                     raise
 
-            log, state, fresh = await self._io(f"group-{spec.group_id}", load)
+            log, loaded, fresh, store = await self._io(f"group-{spec.group_id}", load)
         except Exception as exc:
             self._record_open_failure(spec.group_id, exc)
             return None
         self.open_failures.pop(spec.group_id, None)
-        return self._register_partition(spec, pcfg, log, state, fresh)
+        return self._register_partition(spec, pcfg, log, loaded.state, fresh, store, loaded)
 
     def _register_partition(
         self,
@@ -282,12 +285,18 @@ class BrokerNode:
         log: DurableLog,
         state: PartitionState,
         fresh: bool,
+        checkpoints: CheckpointStore | None = None,
+        loaded: LoadedPartition | None = None,
     ) -> PartitionReplica:
+        # From a checkpoint: the core hands out only the entries after it (server/checkpoint.py)
+        applied = loaded.applied if loaded is not None else None
         node = RawNode(
             self._raft_config(),
             log,
             self.runtime.new_rng(),
             logger=self._raft_logger(spec.group_id),
+            applied=applied,
+            applied_conf_state=loaded.conf_state if applied is not None and loaded else None,
         )
         # Leadership prefers the first replica (placement rotates it): balanced leaders.
         node.set_priorities(preferred_priorities(spec.replicas))
@@ -306,6 +315,9 @@ class BrokerNode:
             logger=self.log,
             executor=self.env.executor,
             wall_clock_ms=self.env.wall_clock_ms,
+            checkpoints=checkpoints,
+            checkpoint_index=applied or 0,
+            conf_state=loaded.conf_state if loaded is not None else None,
         )
         self.partitions[spec.group_id] = replica
         self.by_name[(spec.topic, spec.partition)] = spec.group_id

@@ -15,6 +15,14 @@ Off the loop (issue #13): loading a replica (``load_partition_state``) and reten
 dropped entries into a snapshot, saving it, compacting) run in the executor on the group's lane,
 so a 64 MiB segment of small batches never stalls the Raft loop (#12 defect 18).
 
+Checkpoints (issue #13, server/checkpoint.py): every ``checkpoint_interval_bytes`` of applied
+data the replica captures an immutable image of its state at the applied index (on the loop:
+list slices, no encoding) and writes it on the group's executor lane. A restart restores the
+newest usable checkpoint instead of replaying the retained log up to it, and starts the Raft
+core with ``applied`` = its index, so neither the offset-index rebuild nor the re-apply pass
+touches entries it covers. Checkpoints are never Raft snapshots (they are never shipped to a
+follower). ``save_checkpoint`` writes one at clean shutdown.
+
 Fetch wake-ups are proportional (#12 defect 20): a waiting fetch registers the offset it waits
 for; an apply wakes only the waiters whose offset the new high watermark has passed.
 """
@@ -27,6 +35,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from partition.checkpoint import CheckpointImage, CheckpointInvalid
 from partition.state import (
     Append,
     Appended,
@@ -42,6 +51,7 @@ from raft.rawnode import RawNode
 from raft.storage import DurableLog
 from raft.types import (
     ConfChange,
+    ConfState,
     Entry,
     EntryType,
     ReadState,
@@ -50,6 +60,7 @@ from raft.types import (
     SnapshotMetadata,
     SoftState,
 )
+from server.checkpoint import CheckpointStore
 from server.env import Executor
 from server.errors import BrokerError, not_leader, timed_out
 from server.proposals import ProposalWaiters
@@ -81,6 +92,9 @@ class PartitionReplica:
         logger: Any,
         executor: Executor,
         wall_clock_ms: Callable[[], int],
+        checkpoints: CheckpointStore | None = None,
+        checkpoint_index: int = 0,
+        conf_state: ConfState | None = None,
     ) -> None:
         self.group_id = group_id
         self.topic = topic
@@ -106,6 +120,18 @@ class PartitionReplica:
         self._fetch_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.stopped: BaseException | None = None
         self._retention_running = False
+        interval = state.config.checkpoint_interval_bytes
+        self._checkpoints = checkpoints if interval > 0 else None
+        self._checkpoint_interval = interval
+        self._applied_since_checkpoint = 0  # bytes of entry data applied since the last one
+        self._checkpoint_running = False
+        self.checkpoint_index = checkpoint_index  # index of the newest checkpoint written
+        # The membership as of the applied index, for checkpoints (the core restarts from it).
+        # Tracked exactly as the core derives it: the starting ConfState plus each committed
+        # CONF_CHANGE (an invalid one skipped), reset by an installed snapshot. None when
+        # unknown (it started uninitialized: the core may adopt a membership without telling
+        # us); a checkpoint then carries none and the restart derives it from the log.
+        self._conf = conf_state if conf_state is not None and conf_state.voters else None
 
     @property
     def what(self) -> str:
@@ -119,6 +145,8 @@ class PartitionReplica:
         pass  # partitions serve reads from the leader's applied state; no ReadIndex here yet
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
+        conf = snapshot.metadata.conf_state
+        self._conf = conf if conf.voters else None
         self.state = self._make_state()
         self.state.restore(snapshot.data, snapshot.metadata.index)
         self._log.info(
@@ -163,8 +191,12 @@ class PartitionReplica:
         self._fetch_waiters = keep
 
     def apply(self, entries: Sequence[Entry]) -> None:
+        applied_bytes = 0
         for entry in entries:
             result = self.state.apply(entry)
+            applied_bytes += len(entry.data)
+            if entry.type == EntryType.CONF_CHANGE and self._conf is not None:
+                self._conf = next_conf_state(self._conf, entry)
             self._waiters.resolve(
                 entry.index,
                 entry.term,
@@ -172,6 +204,65 @@ class PartitionReplica:
                 self._not_leader,
             )
         self._wake_fetchers(self.state.high_watermark)
+        if self._checkpoints is not None:
+            self._applied_since_checkpoint += applied_bytes
+            if self._applied_since_checkpoint >= self._checkpoint_interval:
+                self._start_checkpoint()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _start_checkpoint(self) -> asyncio.Future[int] | None:
+        """Captures the state at the applied index (on the loop: copies only) and writes it
+        on the group's lane; None if one is being written, nothing is new, or stopped."""
+        store = self._checkpoints
+        if store is None or self._checkpoint_running or self.stopped is not None:
+            return None
+        if self.state.applied_index <= self.checkpoint_index:
+            return None
+        image = self.state.capture_checkpoint(self._conf)
+        self._checkpoint_running = True
+        self._applied_since_checkpoint = 0
+        job = self._executor.submit(f"group-{self.group_id}", store.save, image)
+        job.add_done_callback(lambda f: self._checkpoint_done(image, f))
+        return job
+
+    def _checkpoint_done(self, image: CheckpointImage, job: asyncio.Future[int]) -> None:
+        self._checkpoint_running = False
+        if job.cancelled():
+            return
+        error = job.exception()
+        if error is not None:
+            # Only an optimisation: the previous checkpoint (or a full replay) still works.
+            self._log.error(
+                "partition_checkpoint_failed",
+                group_id=self.group_id,
+                index=image.index,
+                error=repr(error),
+            )
+            return
+        self.checkpoint_index = max(self.checkpoint_index, image.index)
+        self._log.info(
+            "partition_checkpoint_written",
+            group_id=self.group_id,
+            index=image.index,
+            entries=image.entries,
+            size_bytes=job.result(),
+        )
+
+    async def save_checkpoint(self) -> int | None:
+        """Writes a checkpoint at the applied index now (clean shutdown); returns its index,
+        or None when there is nothing new to write (or checkpoints are disabled). Waits for
+        one already being written first."""
+        if self._checkpoints is None:
+            return None
+        lane = f"group-{self.group_id}"
+        if self._checkpoint_running:
+            await self._executor.submit(lane, _noop)  # FIFO lane: after the running one
+        job = self._start_checkpoint()
+        if job is None:
+            return None
+        with contextlib.suppress(Exception):  # logged by _checkpoint_done
+            return await asyncio.shield(job)
+        return None
 
     def _outcome(self, index: int, result: object) -> ProduceResult:
         if isinstance(result, Appended):
@@ -347,19 +438,108 @@ class PartitionReplica:
         return Snapshot(SnapshotMetadata(index, self.log.term(index), conf), replay.snapshot())
 
 
+def _noop() -> None:
+    return None
+
+
+def next_conf_state(conf: ConfState, entry: Entry) -> ConfState:
+    """The membership after a committed CONF_CHANGE entry, as the Raft core applies it (an
+    invalid change is skipped: ``Raft._applied_conf``)."""
+    try:
+        return apply_conf_change(conf, ConfChange.decode(entry.data))
+    except ValueError:
+        return conf
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPartition:
+    """What ``load_partition_state`` found: the state, the index it has applied through when
+    that came from a checkpoint (None: the snapshot's; pass it to ``RawNode(applied=)``), and
+    the membership as of the state's applied index (None: unknown, the core derives it)."""
+
+    state: PartitionState
+    applied: int | None
+    conf_state: ConfState | None
+
+
 def load_partition_state(
-    log: DurableLog, make_state: Callable[[], PartitionState]
-) -> PartitionState:
-    """Blocking (executor): the partition state of a just-opened log: its snapshot, then the
-    offset tail rebuilt from the retained log. Committed entries are re-applied by the Raft core
-    afterwards (applied restarts at the snapshot index)."""
+    log: DurableLog,
+    make_state: Callable[[], PartitionState],
+    checkpoints: CheckpointStore | None = None,
+) -> LoadedPartition:
+    """Blocking (executor): the partition state of a just-opened log.
+
+    With a usable checkpoint at A (``checkpoints``, unless checkpoints are disabled in the
+    partition config): the checkpoint's state, then the offset tail rebuilt from the entries
+    after A only; start the Raft core with ``applied=A`` and the checkpoint's membership, and
+    it hands out committed entries from A + 1. Otherwise: the snapshot, then the offset tail
+    rebuilt from the whole retained log, and the core re-applies the committed entries after
+    the snapshot. A checkpoint is usable when it lies within [snapshot index, last index] of
+    this log and the log has its term at its index; an unusable one is logged
+    (``partition_checkpoint_ignored``) and ignored."""
     state = make_state()
     snap = log.snapshot()
-    if not snap.is_empty():
-        state.restore(snap.data, snap.metadata.index)
+    snap_index = 0 if snap.is_empty() else snap.metadata.index
     lo, last = log.first_index(), log.last_index()
+    applied: int | None = None
+    conf: ConfState | None = snap.metadata.conf_state
+    if checkpoints is not None and state.config.checkpoint_interval_bytes > 0:
+        config = state.config
+        image = checkpoints.load(
+            keep=config.producer_state_keep, expiry_ms=config.producer_expiry_ms
+        )
+        if image is not None:
+            reason = _checkpoint_misfit(image, log, snap_index)
+            if reason is None:
+                try:
+                    state.restore_checkpoint(image, snap_index)
+                    applied = image.index
+                    lo = max(lo, applied + 1)
+                except CheckpointInvalid as e:
+                    reason = e.reason
+                    state = make_state()
+            if reason is not None:
+                checkpoints.ignored(reason)
+            elif image.conf_state.voters:
+                conf = image.conf_state
+            elif conf is not None and conf.voters:
+                # written while the membership was unknown: derive it once from the log
+                conf = _conf_through(log, conf, max(snap_index + 1, log.first_index()), image.index)
+    if applied is None and not snap.is_empty():
+        state.restore(snap.data, snap_index)
     while lo <= last:
         chunk = log.entries(lo, last + 1, 8 << 20)
         state.on_log_append(chunk)
         lo = chunk[-1].index + 1
-    return state
+    return LoadedPartition(state, applied, conf if conf is not None and conf.voters else None)
+
+
+def _conf_through(log: DurableLog, conf: ConfState, lo: int, hi: int) -> ConfState:
+    """``conf`` plus the CONF_CHANGE entries in [lo, hi] of the log."""
+    while lo <= hi:
+        chunk = log.entries(lo, hi + 1, 8 << 20)
+        for e in chunk:
+            if e.type == EntryType.CONF_CHANGE:
+                conf = next_conf_state(conf, e)
+        lo = chunk[-1].index + 1
+    return conf
+
+
+def _checkpoint_misfit(image: CheckpointImage, log: DurableLog, snap_index: int) -> str | None:
+    """Why the checkpoint does not describe a prefix of this log (None: it does)."""
+    first, last = log.first_index(), log.last_index()
+    if image.index < snap_index:
+        return (
+            f"checkpoint at index {image.index} is older than the snapshot at index "
+            f"{snap_index} (a retention cut or an installed snapshot since)"
+        )
+    if image.index < first - 1:
+        return f"checkpoint at index {image.index} is below the log start {first}"
+    if image.index > last:
+        return f"checkpoint at index {image.index} is beyond the log's last index {last}"
+    if image.index > snap_index and log.term(image.index) != image.term:
+        return (
+            f"the log has term {log.term(image.index)} at index {image.index}, the checkpoint "
+            f"term {image.term}"
+        )
+    return None
