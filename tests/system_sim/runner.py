@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -58,6 +59,10 @@ class Budget:
     observe_period_s: float = 0.05  # leader / metadata sampling period
     join_share: float = 0.3  # chance that a broker joins during the faults
     log_tail: int = 400  # broker log events kept for a failure report
+    # Real seconds one seed may take (a guard, not a budget: a seed that gets here has a
+    # pathology worth a look, e.g. a message storm). The only budget that is not virtual, so
+    # the only one whose verdict may differ between machines.
+    max_wall_s: float = 120.0
 
 
 @dataclass
@@ -154,7 +159,12 @@ def run_seed(
         final.errors.append(f"task {task.get_name()} died unseen: {message}: {exc!r}"[:500])
 
     async def main() -> None:
-        asyncio.get_running_loop().set_exception_handler(on_loop_error)
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(on_loop_error)
+        watchdog = threading.Timer(budget.max_wall_s, _stop_loop, (loop, state))
+        watchdog.daemon = True
+        watchdog.start()
+        state["watchdog"] = watchdog
         cluster = SimCluster(seed, brokers, dcs, settings=settings, node_hook=node_hook)
         state["cluster"] = cluster
         capture.cluster = cluster
@@ -210,11 +220,18 @@ def run_seed(
         )
     except simloop.SimulationError as exc:
         aborted = f"[simulation] {type(exc).__name__}: {exc}"
+        if state.get("wall_budget_hit"):
+            aborted = (
+                f"[simulation] wall-clock guard: the seed ran {budget.max_wall_s:.0f} s of real "
+                f"time ({exc})"
+            )
     except Exception as exc:
         frames = traceback.extract_tb(exc.__traceback__)
         where = "; ".join(f"{f.filename.split('/')[-1]}:{f.lineno} {f.name}" for f in frames[-4:])
         aborted = f"[harness] {type(exc).__name__}: {exc} (at {where})"
     finally:
+        if "watchdog" in state:
+            state["watchdog"].cancel()
         structlog.configure(**old_config)
         restore_clock()
     result.wall_s = time.perf_counter() - started
@@ -240,6 +257,12 @@ def run_seed(
     if keep_history:
         result.history = history
     return result
+
+
+def _stop_loop(loop: Any, state: dict[str, Any]) -> None:
+    """From the watchdog thread: the next loop iteration raises StepBudgetExceeded."""
+    state["wall_budget_hit"] = True
+    loop.max_steps = 0
 
 
 def _loop_time() -> float:
