@@ -74,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.fault_s is not None:
                 extra += f" --fault-s {args.fault_s}"
             replay = replay_command(seed, args.brokers, args.dcs, args.profile, extra.strip())
+            more = len(result.violations) - 1
+            first = result.violations[0] + (f" (+{more} more)" if more else "")
             print(
                 f"FAIL seed={seed} brokers={args.brokers} dcs={args.dcs} "
-                f"profile={args.profile}: {result.violations[0]}  replay: {replay}",
+                f"profile={args.profile}: {first}  replay: {replay}",
                 flush=True,
             )
             if args.verbose:

@@ -26,6 +26,7 @@ The properties (issue 13, "Checked after every step, or at the end of each seed"
     replica applied what it committed and holds what its leader committed.
 (i) ``liveness``: after the heal a new topic can be created, every partition accepted and
     returned a probe record within the bound, and every final drain read completed.
+(j) ``topics_survive``: a topic whose creation was acknowledged (and not deleted) still exists.
 
 Exemptions, all explicit: records of a topic that had a ``delete_topic`` invoked are exempt
 from (a), (c)-final and (d) (the topic may be gone); records below the final log start of a
@@ -62,6 +63,7 @@ __all__ = [
     "one_leader_per_term",
     "producer_order",
     "replicas_agree",
+    "topics_survive",
 ]
 
 MAX_REPORTED = 5  # violations reported per checker (the first ones tell the story)
@@ -421,6 +423,26 @@ def liveness(history: History, final: FinalState) -> list[str]:
     return _capped(found, "liveness")
 
 
+def topics_survive(history: History, final: FinalState) -> list[str]:
+    """A topic whose creation was acknowledged, and that nobody asked to delete, exists at the
+    end (its final reads do not answer UNKNOWN_TOPIC)."""
+    deleted = deleted_topics(history)
+    found: list[str] = []
+    for invoke, done in history.pairs("create_topic"):
+        name = invoke.value[0]
+        if done is None or done.type != "ok" or name in deleted:
+            continue
+        for (topic, partition), read in sorted(final.reads.items()):
+            if topic == name and "UnknownTopic" in read.error:
+                found.append(
+                    f"acknowledged topic lost: {name} (created t={done.time_s:.3f}, "
+                    f"{invoke.process}) does not exist at the end ({topic}/{partition}: "
+                    f"{read.error[:120]})"
+                )
+                break
+    return _capped(found, "topics_survive")
+
+
 def harness_errors(history: History, final: FinalState) -> list[str]:
     return _capped(list(final.errors), "harness")
 
@@ -429,6 +451,7 @@ Checker = Callable[[History, FinalState], list[str]]
 
 CHECKERS: dict[str, Checker] = {
     "acked_records_survive": acked_records_survive,
+    "topics_survive": topics_survive,
     "no_duplicates": no_duplicates,
     "producer_order": producer_order,
     "consumers_saw_only_durable": consumers_saw_only_durable,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 import traceback
@@ -211,6 +212,9 @@ def run_seed(
         logger_factory=structlog.ReturnLoggerFactory(),
         cache_logger_on_first_use=False,
     )
+    client_log = logging.getLogger("replog.client")
+    old_level = client_log.level
+    client_log.setLevel(logging.ERROR)  # the clients' own warnings (resets) would flood stderr
     started = time.perf_counter()
     stats: dict[str, Any] = {}
     aborted = ""
@@ -233,6 +237,7 @@ def run_seed(
         if "watchdog" in state:
             state["watchdog"].cancel()
         structlog.configure(**old_config)
+        client_log.setLevel(old_level)
         restore_clock()
     result.wall_s = time.perf_counter() - started
     result.steps = int(stats.get("steps", 0))

@@ -13,6 +13,7 @@ from tests.system_sim.checkers import (
     one_leader_per_term,
     producer_order,
     replicas_agree,
+    topics_survive,
 )
 from tests.system_sim.history import (
     Ack,
@@ -283,3 +284,14 @@ def test_liveness_needs_a_topic_created_after_the_heal() -> None:
     h2.invoke("probe", "create_topic", ("t9", 1, 3, ()), 10.0)
     h2.info("probe", "create_topic", (("t9", 1, 3, ()), "NotEnoughBrokers"), 40.0)
     assert "no topic could be created" in liveness(h2, FinalState())[0]
+
+
+def test_acknowledged_topics_survive() -> None:
+    h = History()
+    h.invoke("admin", "create_topic", (T, 1, 3, ()), 1.0)
+    h.ok("admin", "create_topic", (T, 1, 3, ()), 2.0)
+    assert topics_survive(h, final_with((0, b"a"))) == []
+    lost = FinalState(reads={(T, 0): PartitionRead(T, 0, 0, 0, (), False, "UnknownTopic: gone")})
+    assert "acknowledged topic lost" in topics_survive(h, lost)[0]
+    h.invoke("admin", "delete_topic", T, 3.0)
+    assert topics_survive(h, lost) == []
