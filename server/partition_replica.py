@@ -210,7 +210,7 @@ class PartitionReplica:
                 self._start_checkpoint()
 
     # ------------------------------------------------------------------ checkpoints
-    def _start_checkpoint(self) -> asyncio.Future[int] | None:
+    def _start_checkpoint(self) -> tuple[int, asyncio.Future[int]] | None:
         """Captures the state at the applied index (on the loop: copies only) and writes it
         on the group's lane; None if one is being written, nothing is new, or stopped."""
         store = self._checkpoints
@@ -223,7 +223,7 @@ class PartitionReplica:
         self._applied_since_checkpoint = 0
         job = self._executor.submit(f"group-{self.group_id}", store.save, image)
         job.add_done_callback(lambda f: self._checkpoint_done(image, f))
-        return job
+        return image.index, job
 
     def _checkpoint_done(self, image: CheckpointImage, job: asyncio.Future[int]) -> None:
         self._checkpoint_running = False
@@ -257,11 +257,13 @@ class PartitionReplica:
         lane = f"group-{self.group_id}"
         if self._checkpoint_running:
             await self._executor.submit(lane, _noop)  # FIFO lane: after the running one
-        job = self._start_checkpoint()
-        if job is None:
+        started = self._start_checkpoint()
+        if started is None:
             return None
+        index, job = started
         with contextlib.suppress(Exception):  # logged by _checkpoint_done
-            return await asyncio.shield(job)
+            await asyncio.shield(job)
+            return index
         return None
 
     def _outcome(self, index: int, result: object) -> ProduceResult:

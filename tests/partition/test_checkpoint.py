@@ -3,11 +3,13 @@ state as a full replay of the retained log (snapshot bytes, fetches, producer de
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from partition import PartitionState
+from partition import ApplyResult, PartitionState
 from partition.checkpoint import CheckpointInvalid, decode, encode
 from tests.partition.test_snapshot import build, fetch_all
 from tests.partition.test_support import FakeLog, fresh, make_batch
@@ -27,7 +29,7 @@ def roundtrip(state: PartitionState) -> bytes:
     return encode(state.capture_checkpoint())
 
 
-def full_replay(log: FakeLog, snapshot_index: int) -> tuple[PartitionState, list[object]]:
+def full_replay(log: FakeLog, snapshot_index: int) -> tuple[PartitionState, list[ApplyResult]]:
     """What a restart without a checkpoint does: snapshot, whole log, apply after it."""
     snap_state = fresh()
     for e in log.entries[:snapshot_index]:
@@ -65,7 +67,9 @@ def assert_same(a: PartitionState, b: PartitionState, log: FakeLog) -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(ops=st.lists(op, min_size=1, max_size=30), data=st.data())
-def test_restart_from_checkpoint_equals_full_replay(ops: list[tuple], data: st.DataObject) -> None:
+def test_restart_from_checkpoint_equals_full_replay(
+    ops: list[tuple[Any, ...]], data: st.DataObject
+) -> None:
     log = build(ops)
     n = len(log.entries)
     # the live replica: a retention cut at s_then, a checkpoint at a, a later cut at s_now
@@ -91,7 +95,7 @@ def test_restart_from_checkpoint_equals_full_replay(ops: list[tuple], data: st.D
 
 @settings(max_examples=30, deadline=None)
 @given(ops=st.lists(op, min_size=2, max_size=20), data=st.data())
-def test_checkpoint_with_an_unapplied_tail(ops: list[tuple], data: st.DataObject) -> None:
+def test_checkpoint_with_an_unapplied_tail(ops: list[tuple[Any, ...]], data: st.DataObject) -> None:
     """The live state has appended entries it has not applied: only the applied prefix goes
     into the checkpoint, and the tail is reported again after the restore."""
     log = build(ops)
