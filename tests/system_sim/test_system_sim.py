@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system_sim.runner import Budget, SeedResult, replay_command, run_seed
+from tests.system_sim.runner import SeedResult, run_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,12 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CI_RUNS: list[tuple[str, int, int, range]] = [
     ("default", 3, 1, range(0, 40)),
     ("crashy", 3, 1, range(0, 30)),
-    ("partitions", 3, 1, range(0, 20)),
-    ("disk", 3, 1, range(0, 20)),
+    ("partitions", 3, 1, range(0, 30)),
+    ("disk", 3, 1, range(0, 30)),
     ("default", 5, 3, range(0, 20)),
-    ("partitions", 5, 3, range(0, 15)),
+    ("partitions", 5, 3, range(0, 20)),
+    ("crashy", 5, 3, range(0, 10)),
 ]
-CHUNK = 5
+CHUNK = 10
 
 
 def _chunks() -> list[tuple[str, int, int, int, int]]:
@@ -42,19 +43,6 @@ def _chunks() -> list[tuple[str, int, int, int, int]]:
         for lo in range(seeds.start, seeds.stop, CHUNK):
             out.append((profile, brokers, dcs, lo, min(lo + CHUNK, seeds.stop)))
     return out
-
-
-def _report(results: Iterable[SeedResult]) -> list[str]:
-    lines = []
-    for r in results:
-        if r.ok:
-            continue
-        lines.append(
-            f"seed {r.seed}: {r.violations[0]}\n  replay: "
-            f"{replay_command(r.seed, r.brokers, r.dcs, r.profile)}"
-            + "".join(f"\n  {v}" for v in r.violations[1:6])
-        )
-    return lines
 
 
 def first_violation(
@@ -68,11 +56,33 @@ def first_violation(
     return None
 
 
+def _cli(*args: str, timeout_s: float = 900) -> tuple[dict[str, int], str]:
+    """Runs ``python -m tests.system_sim`` (which pins PYTHONHASHSEED=0, so every FAIL line
+    it prints replays exactly); returns the summary and the whole output."""
+    env = dict(os.environ)
+    env.pop("PYTHONHASHSEED", None)  # the CLI pins it itself
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.system_sim", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, proc.stderr[-3000:]
+    summary = json.loads(lines[-1])
+    assert proc.returncode == (1 if summary["violations"] else 0), proc.stdout + proc.stderr
+    return summary, proc.stdout
+
+
 @pytest.mark.parametrize(("profile", "brokers", "dcs", "lo", "hi"), _chunks())
 def test_seeds_have_no_violation(profile: str, brokers: int, dcs: int, lo: int, hi: int) -> None:
-    results = [run_seed(seed, brokers, dcs, profile) for seed in range(lo, hi)]
-    failures = _report(results)
-    assert not failures, "\n".join(failures)
+    summary, out = _cli(
+        "--seeds", f"{lo}:{hi}", "--brokers", str(brokers), "--dcs", str(dcs), "--profile", profile
+    )
+    assert summary["seeds"] == hi - lo
+    assert summary["violations"] == 0, out
 
 
 def test_a_seed_replays_exactly() -> None:
@@ -104,30 +114,26 @@ def test_the_workload_does_what_it_claims() -> None:
 
 
 def test_cli_prints_the_summary_line() -> None:
-    env = dict(os.environ)
-    env.pop("PYTHONHASHSEED", None)  # the CLI pins it itself
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.system_sim", "--seeds", "0:2", "--brokers", "3"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    last = proc.stdout.strip().splitlines()[-1]
-    summary = json.loads(last)
-    assert summary["seeds"] == 2 and summary["steps"] > 0, proc.stdout + proc.stderr
-    assert proc.returncode == (1 if summary["violations"] else 0)
-    assert summary["violations"] == 0, proc.stdout
+    summary, out = _cli("--seeds", "0:2", "--brokers", "3")
+    assert summary["seeds"] == 2 and summary["steps"] > 0, out
+    assert all(line.startswith("FAIL seed=") for line in out.strip().splitlines()[:-1]), out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", ["default", "crashy", "partitions", "disk"])
 @pytest.mark.parametrize(("brokers", "dcs"), [(3, 1), (5, 3)])
 def test_long_run(profile: str, brokers: int, dcs: int) -> None:
-    results = [
-        run_seed(seed, brokers, dcs, profile, budget=Budget(fault_s=30.0))
-        for seed in range(1000, 1100)
-    ]
-    failures = _report(results)
-    assert not failures, "\n".join(failures)
+    summary, out = _cli(
+        "--seeds",
+        "1000:1100",
+        "--brokers",
+        str(brokers),
+        "--dcs",
+        str(dcs),
+        "--profile",
+        profile,
+        "--fault-s",
+        "30",
+        timeout_s=7200,
+    )
+    assert summary["violations"] == 0, out
