@@ -108,6 +108,15 @@ def _exempt(read: PartitionRead, offset: int, final: FinalState) -> bool:
     return read.topic in final.retention_topics and offset < read.log_start
 
 
+def _short(value: bytes) -> str:
+    """A produced value without its padding: b'producer-1:374:'+120 bytes."""
+    head, sep, _ = value.partition(b":")
+    num, sep2, rest = _.partition(b":") if sep else (b"", b"", b"")
+    if sep and sep2 and len(rest) > 8:
+        return f"{(head + b':' + num + b':')!r}+{len(rest)}B"
+    return repr(value if len(value) <= 40 else value[:40] + b"...")
+
+
 def _capped(found: list[str], name: str) -> list[str]:
     if len(found) <= MAX_REPORTED:
         return found
@@ -132,7 +141,7 @@ def acked_records_survive(history: History, final: FinalState) -> list[str]:
         read = final.reads.get(key)
         if read is None:
             found.append(
-                f"acked record {send.value!r} ({op.process}, t={op.time_s:.3f}): "
+                f"acked record {_short(send.value)} ({op.process}, t={op.time_s:.3f}): "
                 f"no final read of {ack.topic}/{ack.partition}"
             )
             continue
@@ -148,15 +157,15 @@ def acked_records_survive(history: History, final: FinalState) -> list[str]:
                 break
         if got is None:
             found.append(
-                f"acked record lost: {send.value!r} acknowledged at {ack.topic}/"
+                f"acked record lost: {_short(send.value)} acknowledged at {ack.topic}/"
                 f"{ack.partition}@{ack.offset} ({op.process}, t={op.time_s:.3f}) is absent "
                 f"from the final read [{read.log_start}, {read.high_watermark}){where}"
             )
         else:
             found.append(
-                f"acked record replaced: {send.value!r} acknowledged at {ack.topic}/"
+                f"acked record replaced: {_short(send.value)} acknowledged at {ack.topic}/"
                 f"{ack.partition}@{ack.offset} ({op.process}, t={op.time_s:.3f}) reads back as "
-                f"{got!r}{where}"
+                f"{_short(got)}{where}"
             )
     return _capped(found, "acked_records_survive")
 
@@ -177,11 +186,11 @@ def no_duplicates(history: History, final: FinalState) -> list[str]:
         origin = produced.get(value)
         if origin is None:
             where = ", ".join(f"{t}/{p}@{o}" for t, p, o in sorted(places))
-            found.append(f"unexpected record {value!r} at {where}: no producer sent it")
+            found.append(f"unexpected record {_short(value)} at {where}: no producer sent it")
             continue
         if len(places) > 1 and origin[1].idempotent:
             where = ", ".join(f"{t}/{p}@{o}" for t, p, o in sorted(places))
-            found.append(f"duplicate under idempotence: {value!r} ({origin[0]}) at {where}")
+            found.append(f"duplicate under idempotence: {_short(value)} ({origin[0]}) at {where}")
     return _capped(found, "no_duplicates")
 
 
@@ -200,7 +209,7 @@ def producer_order(history: History, final: FinalState) -> list[str]:
         for (_s1, o1, v1), (_s2, o2, v2) in itertools.pairwise(items):
             if o2 <= o1:
                 found.append(
-                    f"producer order: {process} sent {v1!r} before {v2!r} to {topic}/"
+                    f"producer order: {process} sent {_short(v1)} before {_short(v2)} to {topic}/"
                     f"{partition} but they were acknowledged at offsets {o1} and {o2}"
                 )
                 break
@@ -219,7 +228,7 @@ def producer_order(history: History, final: FinalState) -> list[str]:
             prev = last.get(process)
             if prev is not None and send.seq < prev[0]:
                 found.append(
-                    f"producer order: {process} sent {value!r} before {prev[2]!r} but "
+                    f"producer order: {process} sent {_short(value)} before {_short(prev[2])} but "
                     f"{read.topic}/{read.partition} holds them at offsets {offset} > {prev[1]}"
                 )
             last[process] = (send.seq, offset, value)
@@ -243,10 +252,10 @@ def consumers_saw_only_durable(history: History, final: FinalState) -> list[str]
             continue
         got = index[key].get(obs.offset)
         if got != obs.value:
-            now = "absent" if got is None else f"{got!r}"
+            now = "absent" if got is None else f"{_short(got)}"
             found.append(
                 f"consumer saw a record that is later {'absent' if got is None else 'different'}: "
-                f"{op.process} got {obs.value!r} at {obs.topic}/{obs.partition}@{obs.offset} "
+                f"{op.process} got {_short(obs.value)} at {obs.topic}/{obs.partition}@{obs.offset} "
                 f"(t={op.time_s:.3f}); the final read has {now}"
             )
     # No skips, no re-reads between seeks.
