@@ -172,6 +172,8 @@ class Nemesis:
             self.note(f"restart {node_id} failed")
 
     def _kill(self, node_ids: list[int], torn: bool, down_s: float | None = None) -> None:
+        if not node_ids:
+            return  # every broker is down already
         what = "power loss" if torn else "kill -9"
         self.note(f"{what} {sorted(node_ids)}")
         for node_id in node_ids:
