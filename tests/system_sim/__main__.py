@@ -11,6 +11,7 @@ is not set, the command re-executes itself with ``PYTHONHASHSEED=0`` before doin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
     budget = Budget()
     if args.seed_steps is not None:
-        budget = Budget(**{**budget.__dict__, "max_steps": args.seed_steps})
+        budget = dataclasses.replace(budget, max_steps=args.seed_steps)
     if args.fault_s is not None:
-        budget = Budget(**{**budget.__dict__, "fault_s": args.fault_s})
+        budget = dataclasses.replace(budget, fault_s=args.fault_s)
     seeds = parse_seeds(args.seeds)
     failing = 0
     total_steps = 0

@@ -31,7 +31,7 @@ import asyncio
 import hashlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from metadata.state import MetadataState
@@ -471,7 +471,3 @@ def committed_logs(node: BrokerNode) -> dict[int, list[tuple[int, int, bytes]]]:
             (e.index, e.term, hashlib.blake2b(e.data, digest_size=8).digest()) for e in entries
         ]
     return out
-
-
-def with_settings(settings: BrokerSettings, **changes: Any) -> BrokerSettings:
-    return replace(settings, **changes)
