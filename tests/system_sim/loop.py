@@ -260,6 +260,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                 steps=self.steps,
                 virtual_s=self._virtual_now,
             )
+        # asyncio fires a timer up to one clock resolution early. A real clock moves on anyway;
+        # a virtual one would not, and a task that recomputes "time left" (a producer's linger:
+        # created + linger - now > 0 by a rounding error) would spin forever at one instant.
+        # So the clock moves to the earliest such timer's deadline before it fires.
+        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
+        if scheduled:
+            when = scheduled[0].when()
+            if self._virtual_now < when < self._virtual_now + _CLOCK_RESOLUTION_S:
+                self._virtual_now = when
         super()._run_once()  # type: ignore[misc]
 
     def describe_tasks(self, limit: int = 40) -> str:
