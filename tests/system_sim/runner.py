@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ from tests.system_sim.faults import PROFILES, FaultProfile, Nemesis
 from tests.system_sim.history import FinalState, History
 from tests.system_sim.workload import Workload, WorkloadConfig
 
-__all__ = ["Budget", "SeedResult", "replay_command", "run_seed"]
+__all__ = ["Budget", "SeedResult", "first_violation", "replay_command", "run_seed"]
 
 
 @dataclass(frozen=True)
@@ -292,6 +292,23 @@ def _pin_storage_clock() -> Callable[[], None]:
         defaults["clock"] = old
 
     return restore
+
+
+def first_violation(
+    seeds: Iterable[int],
+    brokers: int = 3,
+    dcs: int = 1,
+    profile: str | FaultProfile = "default",
+    **kwargs: Any,
+) -> SeedResult | None:
+    """The first seed of ``seeds`` with a violation, or None: for tests that put a defect back
+    (with ``node_hook=`` or a monkeypatch) and assert the simulation finds it within a bound.
+    ``kwargs`` go to :func:`run_seed` (``budget``, ``settings``, ``workload``, ``node_hook``)."""
+    for seed in seeds:
+        result = run_seed(seed, brokers, dcs, profile, **kwargs)
+        if not result.ok:
+            return result
+    return None
 
 
 async def _join_later(cluster: SimCluster, history: History, delay_s: float) -> None:

@@ -5,8 +5,9 @@ Budget: the default (not slow) tests stay within a few minutes on 2 cores; longe
 ``@pytest.mark.slow`` (``pytest -m slow tests/system_sim``). A failing seed prints its replay
 command (``python -m tests.system_sim --seeds S:S+1 ... --verbose``).
 
-Put-back-defect tests call :func:`tests.system_sim.runner.run_seed` in-process with a patch
-(``node_hook`` or monkeypatch) and assert that :func:`first_violation` finds one within a bound.
+Put-back-defect tests call :func:`tests.system_sim.runner.first_violation` (or ``run_seed``)
+in-process with a patch (``node_hook`` or monkeypatch) and assert that a violation is found
+within a bound of seeds.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from tests.system_sim.runner import SeedResult, run_seed
+from tests.system_sim.cluster import BrokerSettings
+from tests.system_sim.runner import Budget, first_violation, run_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,17 +44,6 @@ def _chunks() -> list[tuple[str, int, int, int, int]]:
         for lo in range(seeds.start, seeds.stop, CHUNK):
             out.append((profile, brokers, dcs, lo, min(lo + CHUNK, seeds.stop)))
     return out
-
-
-def first_violation(
-    seeds: Iterable[int], brokers: int = 3, dcs: int = 1, profile: str = "default", **kwargs: object
-) -> SeedResult | None:
-    """The first seed with a violation (for put-back-defect tests), or None."""
-    for seed in seeds:
-        result = run_seed(seed, brokers, dcs, profile, **kwargs)  # type: ignore[arg-type]
-        if not result.ok:
-            return result
-    return None
 
 
 def _cli(*args: str, timeout_s: float = 900) -> tuple[dict[str, int], str]:
@@ -137,3 +127,17 @@ def test_long_run(profile: str, brokers: int, dcs: int) -> None:
         timeout_s=7200,
     )
     assert summary["violations"] == 0, out
+
+
+def test_the_negative_control_is_caught() -> None:
+    """``storage.fsync = "never"`` may lose acknowledged records when brokers crash together
+    (docs/guarantees.md): the crashy profile must show it within 10 seeds."""
+    found = first_violation(
+        range(10),
+        3,
+        1,
+        "crashy",
+        settings=BrokerSettings(fsync="never"),
+        budget=Budget(max_wall_s=30.0),
+    )
+    assert found is not None, "fsync=never survived 10 crashy seeds: the simulation is blind"
