@@ -99,10 +99,13 @@ from raft.storage.frame import encode_entry
 from raft.storage.fs import OS_FS, FileSystem
 from raft.storage.hard_state import HardStateFile, remove_stale_temps
 from raft.storage.segment import (
+    MARK_OFFSET,
     ScanProblem,
     Segment,
     SegmentInfo,
+    encode_mark,
     parse_segment_file_name,
+    pwrite_all,
 )
 from raft.storage.snapshot_file import SnapshotFile
 from raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
@@ -273,7 +276,7 @@ class DurableLog:
                     continue
                 raise StorageCorruption(str(path), 0, reason)
             if problem is not None:
-                if problem.index <= segment.mark:
+                if problem.index <= segment.durable_mark:
                     raise StorageCorruption(str(path), problem.byte_offset, self._why(problem))
                 cuts.append((segment, problem))
             kept.append(segment)
@@ -318,7 +321,9 @@ class DurableLog:
 
     @staticmethod
     def _why(problem: ScanProblem) -> str:
-        detail = f"{problem.detail} at entry {problem.index}, which may have been acknowledged"
+        detail = (
+            f"{problem.detail} at entry {problem.index}, which a completed sync had made durable"
+        )
         if problem.next_valid is not None:
             detail += (
                 f"; a valid frame of a later entry follows at byte {problem.next_valid}: "
@@ -635,12 +640,14 @@ class DurableLog:
                 dir_dirty = self._dir_dirty
                 self._dir_dirty = False
                 fds: list[int] = []
+                marked: list[tuple[Segment, int]] = []
                 try:
                     if self._fsync:
                         for segment in to_sync:
                             # The ack mark first: once this sync returns, the mark on disk is
                             # >= every index of the segment it covers (segment docstring).
                             segment.write_mark(segment.last_index)
+                            marked.append((segment, segment.last_index))
                             fds.append(self._fs.dup(segment.fd))
                     for segment in to_sync:
                         self._retire_locked(segment)
@@ -661,6 +668,24 @@ class DurableLog:
                     for fd in fds:
                         self._fs.fdatasync(fd)
                         self._fsyncs_performed += 1
+                    # A rolled segment gets no more data, so no later sync would raise its
+                    # mark's durable part: seal it now (one more fdatasync per segment roll),
+                    # so damage anywhere in a rolled segment is always loud.
+                    with self._lock:
+                        active = self._segments.peekitem(-1)[1] if self._segments else None
+                    for (segment, acked_through), fd in zip(marked, fds):
+                        if segment is not active:
+                            pwrite_all(
+                                self._fs,
+                                fd,
+                                encode_mark(acked_through, acked_through),
+                                MARK_OFFSET,
+                            )
+                            self._fs.fdatasync(fd)
+                            segment.mark_on_disk_durable = acked_through
+                with self._lock:
+                    for segment, acked_through in marked:
+                        segment.on_synced(acked_through)
             finally:
                 for fd in fds:
                     self._fs.close(fd)
@@ -675,12 +700,30 @@ class DurableLog:
             if self._failure is None:
                 self.sync()
                 self._maybe_flush_commit(force=True)
+                self._seal_marks()
         finally:
             with self._lock:
                 for segment in self._segments.values():
                     segment.close()
                 self._lru.clear()
                 self._closed = True
+
+    def _seal_marks(self) -> None:
+        """Clean close: every segment's mark says its synced entries are durable (a running log
+        lags one sync behind; see segment.py), so recovery after a clean stop reports any
+        damage to them as corruption."""
+        if not self._fsync:
+            return
+        with self._lock:
+            for segment in self._segments.values():
+                if segment.mark_on_disk_durable >= segment.mark or segment.durable_mark < (
+                    segment.mark
+                ):
+                    continue  # already sealed, or not everything marked was synced
+                with self._io("sync"):
+                    segment.ensure_open()
+                    segment.write_mark(segment.mark)
+                    self._fs.fdatasync(segment.fd)
 
     def __enter__(self) -> DurableLog:
         return self

@@ -16,14 +16,19 @@ segment has been deleted by compaction -- then a fixed 16-byte *ack mark* slot
 ``[u64 acked_through][u32 crc32c][u32 0]``, then one CRC32C frame per entry
 (raft.storage.frame).
 
-The ack mark: ``sync()`` writes into every segment it fdatasyncs the last index of that
-segment it covers, *before* the fdatasync, so once a sync returns (and only then may anything
-in it be acknowledged) the mark on disk is >= every acknowledged index of the segment. A mark
-is written in place within one sector (old or new value, never a mix; a damaged slot reads as
-"unknown", which is treated as "everything may have been acknowledged"). A new segment starts
-with mark ``first_index - 1``: nothing in it acknowledged. Recovery uses it to tell a torn
-tail (damage only after the mark: never acknowledged, may be cut) from corruption (damage at
-or before the mark: loud). See docs/storage.md, "Recovery".
+The ack mark holds two indexes. ``sync()`` writes into every segment it fdatasyncs, *before*
+the fdatasync: ``durable_through``, the index the previous *completed* sync of this segment
+covered (certainly on disk), and ``acked_through``, the last index this sync covers (on disk
+once it returns; only then may anything in it be acknowledged). So at any moment the mark on
+disk says: entries <= durable_through are durable; entries <= acked_through may have been
+acknowledged. A mark is written in place within one sector (old or new value, never a mix; a
+damaged slot reads as "unknown", which is treated as "everything is durable"). A new segment
+starts with both at ``first_index - 1``. Recovery: damage at or before ``durable_through`` is
+corruption (loud); damage after it is a torn tail and is cut -- a power loss during a sync
+writes back pages in any order, so the mark can reach the disk while the frames it covers do
+not (a one-index mark would call that corruption and brick the replica). The price: damage in
+the span of the last completed sync, which only bit rot can cause, is cut rather than reported.
+See docs/storage.md, "Recovery".
 
 Memory: two ``array('q')`` (position, term) per segment, 16 bytes per entry.
 """
@@ -74,9 +79,19 @@ def parse_segment_file_name(name: str) -> int | None:
     return int(stem)
 
 
-def encode_mark(acked_through: int) -> bytes:
-    raw = struct.pack("<Q", acked_through)
-    return _MARK.pack(acked_through, crc_of(raw), 0)
+def encode_mark(durable_through: int, acked_through: int) -> bytes:
+    delta = acked_through - durable_through
+    if not 0 <= delta < 1 << 32:
+        raise ValueError(f"ack mark span {durable_through}..{acked_through} cannot be encoded")
+    return _MARK.pack(durable_through, crc_of(struct.pack("<QI", durable_through, delta)), delta)
+
+
+def decode_mark(slot: bytes | memoryview) -> tuple[int, int]:
+    """(durable_through, acked_through); both ``MARK_UNKNOWN`` for a damaged slot."""
+    durable, crc, delta = _MARK.unpack_from(slot, 0)
+    if crc_of(struct.pack("<QI", durable, delta)) != crc:
+        return MARK_UNKNOWN, MARK_UNKNOWN
+    return durable, durable + delta
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +145,12 @@ class Segment:
     """A segment of the log. Not thread-safe: durable_log serializes access."""
 
     __slots__ = (
+        "durable_mark",
         "fd",
         "first_index",
         "fs",
         "mark",
+        "mark_on_disk_durable",
         "path",
         "positions",
         "prev_term",
@@ -152,6 +169,7 @@ class Segment:
         positions: array[int],
         terms: array[int],
         mark: int,
+        durable_mark: int | None = None,
     ) -> None:
         self.fs = fs
         self.path = path
@@ -162,6 +180,10 @@ class Segment:
         self.positions = positions
         self.terms = terms
         self.mark = mark  # the acked-through mark last written to the file (not yet durable)
+        # Entries through this index were covered by a completed fdatasync (as far as this
+        # process knows; after a restart, what the mark on disk said).
+        self.durable_mark = mark if durable_mark is None else durable_mark
+        self.mark_on_disk_durable = self.durable_mark  # durable_through of the last mark written
 
     # -- opening -------------------------------------------------------------------------
 
@@ -173,7 +195,7 @@ class Segment:
         fd = fs.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         header = encode_frame(_MAGIC + _HEADER.pack(first_index, prev_term))
         try:
-            pwrite_all(fs, fd, header + encode_mark(first_index - 1), 0)
+            pwrite_all(fs, fd, header + encode_mark(first_index - 1, first_index - 1), 0)
         except BaseException:
             fs.close(fd)
             raise
@@ -223,9 +245,7 @@ class Segment:
             raise StorageCorruption(
                 str(path), 0, f"header says first index {first_index}, name says {named_first}"
             )
-        mark, mark_crc, _ = _MARK.unpack_from(data, MARK_OFFSET)
-        if crc_of(bytes(data[MARK_OFFSET : MARK_OFFSET + 8])) != mark_crc:
-            mark = MARK_UNKNOWN
+        durable_mark, mark = decode_mark(data[MARK_OFFSET : MARK_OFFSET + _MARK.size])
         positions: array[int] = array("q")
         terms: array[int] = array("q")
         offset = FIRST_FRAME_OFFSET
@@ -255,7 +275,9 @@ class Segment:
             last_term = term
             expected += 1
             offset += FRAME_HEADER.size + length
-        segment = cls(fs, path, fd, first_index, prev_term, offset, positions, terms, mark)
+        segment = cls(
+            fs, path, fd, first_index, prev_term, offset, positions, terms, mark, durable_mark
+        )
         return segment, found
 
     def ensure_open(self) -> int:
@@ -349,6 +371,7 @@ class Segment:
             # Lower the mark at once (buffered) so a power loss before the next sync is less
             # likely to see new frames before a stale, higher mark (that would be reported as
             # corruption: loud, never silent).
+            self.durable_mark = min(self.durable_mark, index - 1)
             self.write_mark(index - 1)
 
     def cut_at(self, offset: int) -> None:
@@ -358,9 +381,13 @@ class Segment:
 
     def write_mark(self, acked_through: int) -> None:
         """Record (buffered) that entries through ``acked_through`` may be acknowledged once
-        the next fdatasync of this file returns."""
-        pwrite_all(self.fs, self.fd, encode_mark(acked_through), MARK_OFFSET)
+        the next fdatasync of this file returns, and that entries through ``durable_mark``
+        are already durable. Call ``on_synced(acked_through)`` when that fdatasync returned."""
+        pwrite_all(self.fs, self.fd, encode_mark(self.durable_mark, acked_through), MARK_OFFSET)
         self.mark = acked_through
+
+    def on_synced(self, acked_through: int) -> None:
+        self.durable_mark = max(self.durable_mark, min(acked_through, self.mark))
 
     def close(self) -> None:
         if self.fd >= 0:
