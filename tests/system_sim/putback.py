@@ -46,6 +46,13 @@ from tests.system_sim.runner import Budget, SeedResult, run_seed
 from tests.system_sim.workload import WorkloadConfig
 
 __all__ = [
+    "Harness",
+    "KeepLoadOnDeletedTopic",
+    "PageCache",
+    "ProducerChurn",
+    "VoteCrash",
+    "RetentionKeepsCutting",
+    "detected",
     "TARGETS",
     "Target",
     "hunt",
@@ -350,6 +357,24 @@ def _patch_16(stack: contextlib.ExitStack) -> None:
     stack.enter_context(swap(PartitionState, "retention_cut", retention_cut))
 
 
+# ---------------------------------------------------------------------------- #17 snapshots
+
+
+def _patch_17(stack: contextlib.ExitStack) -> None:
+    """partition/producers.py before 3da22cb: producer ids never expire (the table, and so
+    every partition snapshot, keeps every producer id the partition ever saw; each
+    ``replog produce`` run is a new one). (The other half of the defect, the skipped-entry
+    list in the snapshot, is not put back: the current snapshot format has no field for it.)"""
+    from partition.producers import ProducerTable
+
+    original_init = ProducerTable.__init__
+
+    def init(self: ProducerTable, keep: int, expiry_ms: int = -1) -> None:
+        original_init(self, keep, -1)
+
+    stack.enter_context(swap(ProducerTable, "__init__", init))
+
+
 # ---------------------------------------------------------------------------- registry
 
 PATCHES: dict[int, Callable[[contextlib.ExitStack], None]] = {
@@ -361,6 +386,7 @@ PATCHES: dict[int, Callable[[contextlib.ExitStack], None]] = {
     7: _patch_7,
     9: _patch_9,
     16: _patch_16,
+    17: _patch_17,
 }
 
 
@@ -370,6 +396,336 @@ def putback(defect: int) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         PATCHES[defect](stack)
         yield
+
+
+# ---------------------------------------------------------------------------- harnesses
+
+
+class Harness:
+    """What a target adds to one seed's run, in the tests only: a context entered around the
+    run (with or without the patch), a hook called with every BrokerNode built, and extra
+    checks evaluated after the run (violations as strings, as checkers.py reports them)."""
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def hook(self, node: BrokerNode) -> None:
+        return None
+
+    def verdict(self) -> list[str]:
+        return []
+
+
+class _Combined(Harness):
+    def __init__(self, *parts: Harness) -> None:
+        self.parts = parts
+
+    @contextlib.contextmanager
+    def _ctx(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for p in self.parts:
+                stack.enter_context(p.context())
+            yield
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return self._ctx()
+
+    def hook(self, node: BrokerNode) -> None:
+        for p in self.parts:
+            p.hook(node)
+
+    def verdict(self) -> list[str]:
+        return [v for p in self.parts for v in p.verdict()]
+
+
+class PageCache(Harness):
+    """See :func:`page_cache_survives_sigkill`."""
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return page_cache_survives_sigkill()
+
+
+def _sampling_task(node: BrokerNode, period_s: float, sample: Callable[[float], None]) -> None:
+    """Samples ``node`` every ``period_s`` virtual seconds until it is abandoned (crash or the
+    end of the seed); started from the node hook, i.e. on the simulation's loop."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        while not node.stopping:
+            await asyncio.sleep(period_s)
+            if node.stopping or getattr(node, "runtime", None) is None:
+                continue
+            sample(loop.time())
+
+    asyncio.get_running_loop().create_task(run(), name=f"putback-sampler-{node.node_id}")
+
+
+class RetentionKeepsCutting(Harness):
+    """Checker (#12 defect 16): retention must not stay stuck. Every ``period_s`` it asks each
+    live replica of a topic with a retention limit whether retention would cut now
+    (``PartitionState.retention_cut`` over the log's segments); a replica for which a cut
+    stays due, with its first index unmoved, for ``stuck_s`` virtual seconds in one
+    incarnation is a violation (the broker's retention pass runs every
+    ``retention_check_ms``, far more often)."""
+
+    def __init__(self, period_s: float = 0.25, stuck_s: float = 4.0) -> None:
+        self.period_s = period_s
+        self.stuck_s = stuck_s
+        self.found: dict[tuple[int, int], str] = {}
+
+    def hook(self, node: BrokerNode) -> None:
+        since: dict[int, tuple[float, int]] = {}  # group -> (due since, first index then)
+
+        def sample(now: float) -> None:
+            for group_id, replica in list(node.partitions.items()):
+                state = replica.state
+                if replica.stopped is not None or state.config.retention_bytes < 0:
+                    since.pop(group_id, None)
+                    continue
+                try:
+                    segments = [
+                        (s.first_index, s.last_index, s.size_bytes) for s in replica.log.segments()
+                    ]
+                    first = replica.log.first_index()
+                    cut = state.retention_cut(segments, replica._wall_clock_ms())
+                except Exception:
+                    since.pop(group_id, None)
+                    continue
+                if cut is None:
+                    since.pop(group_id, None)
+                    continue
+                start = since.get(group_id)
+                if start is None or start[1] != first:
+                    since[group_id] = (now, first)
+                elif now - start[0] >= self.stuck_s:
+                    key = (node.node_id, group_id)
+                    self.found.setdefault(
+                        key,
+                        f"[retention_progress] retention stuck: group {group_id} "
+                        f"({replica.topic}/{replica.partition}) on node {node.node_id}: a cut "
+                        f"to {cut} due since t={start[0]:.3f}, first index still {first} at "
+                        f"t={now:.3f}, log {sum(s[2] for s in segments)} bytes for "
+                        f"retention.bytes={state.config.retention_bytes}",
+                    )
+
+        _sampling_task(node, self.period_s, sample)
+
+    def verdict(self) -> list[str]:
+        return [self.found[k] for k in sorted(self.found)]
+
+
+class VoteCrash(Harness):
+    """A finer forget-vote fault (as tests/sim's vote-crash profile): when a broker hands a
+    vote GRANT to its transport, it is SIGKILLed right after that turn (``delay_s`` later,
+    before the persistence job of that turn has run), with probability ``p``, during the
+    first ``until_s`` virtual seconds, and restarted ``down_s`` later. With the grant held
+    until its vote is durable (the fix), such a crash never forgets a vote that left."""
+
+    def __init__(
+        self, p: float = 0.5, until_s: float = 10.0, down_s: float = 0.05, delay_s: float = 2e-5
+    ) -> None:
+        self.p, self.until_s, self.down_s, self.delay_s = p, until_s, down_s, delay_s
+        self.clusters: list[Any] = []
+        self.crashes = 0
+
+    @contextlib.contextmanager
+    def _capture(self) -> Iterator[None]:
+        from tests.system_sim.cluster import SimCluster, derive_rng
+
+        original = SimCluster.__init__
+        harness = self
+
+        def init(self: SimCluster, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            harness.clusters.append(self)
+            harness.rng = derive_rng(self.seed, "vote-crash")
+
+        with swap(SimCluster, "__init__", init):
+            yield
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return self._capture()
+
+    def hook(self, node: BrokerNode) -> None:
+        from raft.types import MessageType
+
+        cluster = self.clusters[-1]
+        original = node.transport.enqueue
+        harness = self
+
+        def crash(node_id: int) -> None:
+            slot = cluster.brokers[node_id]
+            if slot.node is not node:
+                return  # crashed or replaced meanwhile
+            harness.crashes += 1
+            cluster.history_note = f"vote-crash {node_id}"
+            cluster.crash(node_id)
+
+            async def restart() -> None:
+                await asyncio.sleep(harness.down_s)
+                await cluster.restart(node_id)
+
+            asyncio.get_running_loop().create_task(restart(), name=f"vote-crash-restart-{node_id}")
+
+        def enqueue(group_id: int, msg: Message) -> None:
+            original(group_id, msg)
+            if (
+                msg.type == MessageType.VOTE_RESP
+                and not msg.reject
+                and cluster.now() < harness.until_s
+                and harness.rng.random() < harness.p
+            ):
+                asyncio.get_running_loop().call_later(harness.delay_s, crash, node.node_id)
+
+        node.transport.enqueue = enqueue  # type: ignore[method-assign]
+
+
+class KeepLoadOnDeletedTopic(Harness):
+    """Delete under load, harder: producers keep choosing the doomed topic until its delete
+    has completed (and ``linger_s`` after), so its replicas are closed by the delete while
+    their Raft groups still have persistence jobs in flight. (The workload otherwise stops
+    writing to a topic the moment its delete is invoked.)"""
+
+    def __init__(self, linger_s: float = 0.5) -> None:
+        self.linger_s = linger_s
+
+    @contextlib.contextmanager
+    def _ctx(self) -> Iterator[None]:
+        from tests.system_sim.workload import Workload, _error
+
+        harness = self
+
+        async def delete_topic(self: Workload, plan: Any) -> None:
+            self.history.invoke("admin", "delete_topic", plan.name, self.now())
+            try:
+                await self.admin().delete_topic(plan.name)
+            except Exception as exc:
+                plan.deleted = True
+                self.history.info("admin", "delete_topic", plan.name, self.now())
+                self.history.info("admin", "delete_error", _error(exc), self.now())
+                return
+            await asyncio.sleep(harness.linger_s)
+            plan.deleted = True
+            self.history.ok("admin", "delete_topic", plan.name, self.now())
+
+        with swap(Workload, "delete_topic", delete_topic):
+            yield
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return self._ctx()
+
+
+class ProducerChurn(Harness):
+    """Checker (#12 defect 17): partition snapshots stay bounded by the producers that are
+    live. The workload gains short-lived idempotent producers (a new producer id each, as
+    every ``replog produce`` run is), one every ``gap_s``, each writing a few records to
+    partition 0 of the first topic; producers expire after ``expiry_ms`` of log time
+    (``PartitionConfig.producer_expiry_ms``, a configuration value set here because the
+    simulation's topics cannot set it). Every ``period_s`` each live replica's snapshot
+    (``PartitionState.snapshot()``, what retention and catch-up would write and send) is
+    measured; one longer than ``64 + 160 * max_live`` bytes (160: one producer entry with
+    its five recent batches), where ``max_live`` counts the producers that can be live within
+    one expiry window, is a violation."""
+
+    ENTRY_BYTES = 160
+    HEAD_BYTES = 64
+
+    def __init__(self, gap_s: float = 0.15, expiry_ms: int = 1500, period_s: float = 0.5) -> None:
+        self.gap_s, self.expiry_ms, self.period_s = gap_s, expiry_ms, period_s
+        # workload producers (<= 3), the probe, churners within an expiry window (+ slack)
+        self.max_live = 3 + 1 + int((expiry_ms / 1000 + 1.0) / gap_s) + 3
+        self.found: dict[tuple[int, int], str] = {}
+
+    @contextlib.contextmanager
+    def _ctx(self) -> Iterator[None]:
+        from client import Producer
+        from client.config import ProducerConfig
+        from partition.config import PartitionConfig
+        from tests.system_sim.history import Ack, Send
+        from tests.system_sim.workload import Workload
+
+        harness = self
+        original_start = Workload.start
+        original_post_init = PartitionConfig.__post_init__
+
+        def post_init(self: PartitionConfig) -> None:
+            original_post_init(self)
+            object.__setattr__(self, "producer_expiry_ms", harness.expiry_ms)
+
+        async def churn(self: Workload) -> None:
+            n = 0
+            while not self._stop.is_set():
+                await asyncio.sleep(harness.gap_s)
+                topics = [t for t in self.live_topics() if not t.doomed]
+                if not topics:
+                    continue
+                name = f"churn-{n}"
+                n += 1
+                producer = Producer(
+                    self.cluster.bootstrap(),
+                    ProducerConfig(
+                        acks="all",
+                        linger_ms=0.0,
+                        delivery_timeout_ms=5_000.0,
+                        request_timeout_ms=self.cfg.request_timeout_ms,
+                        metadata_timeout_ms=5_000.0,
+                        retry_backoff_ms=20.0,
+                        retry_backoff_max_ms=500.0,
+                    ),
+                    **self._client_kwargs(name),
+                )
+                try:
+                    for i in range(self.rng.randint(1, 3)):
+                        send = Send(topics[0].name, 0, f"{name}:{i}:".encode(), "all", True, i)
+                        self.history.invoke(name, "send", send, self.now())
+                        try:
+                            md = await producer.send_and_wait(send.topic, send.value, partition=0)
+                        except Exception as exc:
+                            self.history.info(name, "send", (send, repr(exc)[:200]), self.now())
+                            break
+                        ack = Ack(md.topic, md.partition, md.offset)
+                        self.history.ok(name, "send", (send, ack), self.now())
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(producer.close(), 5.0)
+
+        def start(self: Workload, fault_s: float) -> None:
+            original_start(self, fault_s)
+            task = asyncio.get_running_loop().create_task(churn(self), name="churn")
+            self._tasks.append(task)
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(swap(PartitionConfig, "__post_init__", post_init))
+            stack.enter_context(swap(Workload, "start", start))
+            yield
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return self._ctx()
+
+    def hook(self, node: BrokerNode) -> None:
+        bound = self.HEAD_BYTES + self.ENTRY_BYTES * self.max_live
+
+        def sample(now: float) -> None:
+            for group_id, replica in list(node.partitions.items()):
+                if replica.stopped is not None:
+                    continue
+                try:
+                    size = len(replica.state.snapshot())
+                except Exception:
+                    continue
+                if size > bound:
+                    self.found.setdefault(
+                        (node.node_id, group_id),
+                        f"[snapshot_bounded] partition snapshot too large: group {group_id} "
+                        f"({replica.topic}/{replica.partition}) on node {node.node_id} at "
+                        f"t={now:.3f}: {size} bytes > {bound} (at most {self.max_live} live "
+                        f"producers within producer_expiry_ms={self.expiry_ms})",
+                    )
+
+        _sampling_task(node, self.period_s, sample)
+
+    def verdict(self) -> list[str]:
+        return [self.found[k] for k in sorted(self.found)]
 
 
 # ---------------------------------------------------------------------------- targets
@@ -385,20 +741,15 @@ class Target:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     budget: Budget = field(default_factory=Budget)
     first_seed: int = 0
-    # extra harness context (e.g. the page-cache model), entered with or without the patch
-    harness: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
-    # extra checker: (node_hook factory) -> (hook, verdict(result) -> violations)
-    sampler: Callable[[], tuple[Callable[[BrokerNode], None], Callable[[], list[str]]]] | None = (
-        None
-    )
+    # a fresh Harness per run (extra faults, models or checks that live in the tests)
+    harness: Callable[[], Harness] | None = None
+    # a violation counts as the detection only if it contains one of these (empty: any)
+    expect: tuple[str, ...] = ()
 
 
 def run_target(target: Target, seed: int) -> SeedResult:
-    hook: Callable[[BrokerNode], None] | None = None
-    verdict: Callable[[], list[str]] | None = None
-    if target.sampler is not None:
-        hook, verdict = target.sampler()
-    with target.harness() if target.harness is not None else contextlib.nullcontext():
+    harness = target.harness() if target.harness is not None else Harness()
+    with harness.context():
         result = run_seed(
             seed,
             target.brokers,
@@ -407,20 +758,26 @@ def run_target(target: Target, seed: int) -> SeedResult:
             budget=target.budget,
             settings=target.settings,
             workload=target.workload,
-            node_hook=hook,
+            node_hook=harness.hook,
         )
-    if verdict is not None:
-        result.violations.extend(verdict())
+    result.violations.extend(harness.verdict())
     return result
+
+
+def detected(target: Target, violations: list[str]) -> bool:
+    if not target.expect:
+        return bool(violations)
+    return any(e in v for v in violations for e in target.expect)
 
 
 def hunt(target: Target, seeds: int, *, defect: int | None = None) -> tuple[int | None, list[str]]:
     """Runs seeds ``first_seed .. first_seed + seeds - 1`` in order (with ``defect`` put back
-    when given) and stops at the first violating one: (seed, violations) or (None, [])."""
+    when given) and stops at the first one whose violations count as a detection (see
+    ``Target.expect``): (seed, violations) or (None, [])."""
     for seed in range(target.first_seed, target.first_seed + seeds):
         with putback(defect) if defect is not None else contextlib.nullcontext():
             result = run_target(target, seed)
-        if result.violations:
+        if detected(target, result.violations):
             return seed, result.violations
     return None, []
 
@@ -442,4 +799,45 @@ TARGETS: dict[int, Target] = {
     # metadata snapshots every 10 entries (compaction keeps the active segment, so entries the
     # snapshot covers stay on disk), then restarts
     2: Target(profile="crashy", settings=BrokerSettings(snapshot_interval_entries=10)),
+    # every disk slow (a deep shared lane), every seed deletes a topic, and producers keep
+    # writing to it until the delete completed
+    4: Target(
+        profile=FaultProfile(
+            "slow-disks", mean_gap_s=0.7, weights={"slow_disk": 1}, slow_sync_s=(0.02, 0.1)
+        ),
+        workload=WorkloadConfig(doomed_topic_share=1.0, producers=(2, 3)),
+        budget=Budget(join_share=0.0),
+        harness=KeepLoadOnDeletedTopic,
+        expect=("group failed",),
+    ),
+    # followers cut off (isolated, one-way cuts, heavy drops) behind small retention limits,
+    # so leaders send snapshots and some are lost; no leadership transfers (a leader change
+    # would unpause the follower)
+    6: Target(
+        profile=FaultProfile(
+            "lagging",
+            mean_gap_s=0.8,
+            weights={"isolate_one": 2, "message_faults": 2, "one_way": 1},
+            max_drop=0.4,
+            partition_s=(1.0, 3.0),
+        ),
+        workload=WorkloadConfig(
+            retention_share=1.0, retention_bytes=(2000, 5000), admin_gap_s=1000.0, send_gap_s=0.02
+        ),
+        expect=("group stuck",),
+    ),
+    # fsync=never, plain SIGKILLs only (no power loss), and a disk model in which a killed
+    # process's written pages survive (PageCache): election safety must hold
+    9: Target(
+        profile=FaultProfile(
+            "sigkill",
+            mean_gap_s=0.6,
+            weights={"kill_one": 3, "kill_minority": 2, "kill_all": 1},
+            down_s=(0.2, 1.0),
+        ),
+        settings=BrokerSettings(fsync="never"),
+        budget=Budget(max_wall_s=60.0),
+        harness=PageCache,
+        expect=("one_leader_per_term",),
+    ),
 }

@@ -19,11 +19,15 @@ from tests.system_sim.putback import TARGETS, hunt, run_target
 BOUNDS: dict[int, int] = {
     1: 20,
     2: 5,
+    4: 5,
+    6: 10,
+    9: 5,
 }
 
 
 def _caught(defect: int) -> None:
     target = TARGETS[defect]
+    assert target.expect or defect in (1, 2), "name the violation that counts as the detection"
     bound = BOUNDS[defect]
     seed, violations = hunt(target, bound, defect=defect)
     assert seed is not None, (
@@ -55,6 +59,35 @@ def test_defect_2_restart_below_snapshot_index() -> None:
     entries; compaction keeps the active segment, so a restart hands out entries below the
     snapshot again and the metadata replica fails ("metadata apply index")."""
     _caught(2)
+
+
+def test_defect_4_failed_sync_job_fails_every_group() -> None:
+    """#12 defect 4. Patch: one persistence lane shared by every group (the one sync job per
+    turn of before 251fd4e), a failed job fails every group with a job in flight, and a
+    deleted partition's log is closed at once on the loop (not through its lane). Faults:
+    slow fsyncs on every broker (the shared lane has a queue) and a topic deleted while
+    producers still write to it: a queued job meets the closed log (``ValueError: log ... is
+    closed``) and the metadata replica and every other group on that broker fail."""
+    _caught(4)
+
+
+def test_defect_6_snapshot_status_never_reported() -> None:
+    """#12 defect 6. Patch: ``Runtime.report_snapshot`` is a no-op (before 74bdd7e nothing in
+    the broker called it). Faults: followers isolated or cut one way, heavy message drops,
+    small retention limits and no leadership transfers: leaders must send snapshots to
+    followers behind a retention cut, some are lost, and the follower stays paused in
+    SNAPSHOT state (``group stuck`` at the end: it never holds what its leader committed)."""
+    _caught(6)
+
+
+def test_defect_9_fsync_never_forgets_votes_on_sigkill() -> None:
+    """#12 defect 9. Patch: with ``storage.fsync=never`` term and vote are only kept in memory
+    (written at close(); no sync job wrote them). Faults: plain SIGKILLs of one, a minority or
+    every broker, with the PageCache model (a killed process's written pages survive, as
+    they do under a real kernel; the simulated disk otherwise treats a kill as a power loss,
+    under which "never" is allowed to lose data): a restarted broker forgot its vote and
+    votes again in the same term, two leaders in one term."""
+    _caught(9)
 
 
 @pytest.mark.parametrize("defect", sorted(BOUNDS))
