@@ -247,12 +247,16 @@ def run_seed(
         # need the final reads.
         result.violations.append(aborted)
         cluster = state.get("cluster")
+        only = ["one_leader_per_term", "metadata_agrees"]
         if cluster is not None:
             final.leaders |= cluster.obs.leaders
             final.metadata_digests.extend(cluster.obs.metadata_digests)
-        result.violations.extend(
-            check_all(history, final, only=["one_leader_per_term", "metadata_agrees"])
-        )
+            try:  # plain reads of the nodes' state: failed groups often say why it stopped
+                final.statuses = [s for s in cluster.statuses() if s.failed]
+                only.append("groups_healthy")
+            except Exception:
+                pass
+        result.violations.extend(check_all(history, final, only=only))
     else:
         result.violations.extend(check_all(history, final))
     result.digest = history.digest()

@@ -260,28 +260,33 @@ class Workload:
         self._tasks.append(loop.create_task(self._run_admin(fault_s), name="admin"))
 
     async def stop(self) -> None:
-        """Stops every process: producers flush (bounded by their delivery timeout)."""
+        """Stops every process at once: the loops end, producers flush and close (each bounded
+        by its delivery timeout, all concurrently), consumers close."""
         self._stop.set()
-        for task in self._tasks:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.cfg.delivery_timeout_ms / 1000)
-            except (TimeoutError, asyncio.CancelledError):
+        delivery_s = self.cfg.delivery_timeout_ms / 1000
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=delivery_s)
+            for task in pending:
                 task.cancel()
-            except Exception as exc:
-                self.errors.append(f"workload task {task.get_name()} crashed: {_error(exc)}")
-        for state in self._producers:
+            for task in self._tasks:
+                if task in pending or task.cancelled():
+                    continue
+                exc = task.exception()
+                if exc is not None:
+                    self.errors.append(f"workload task {task.get_name()} crashed: {_error(exc)}")
+
+        async def close(name: str, client: Producer | Consumer, timeout_s: float) -> None:
             try:
-                await asyncio.wait_for(
-                    state.producer.close(), self.cfg.delivery_timeout_ms / 1000 + 5
-                )
+                await asyncio.wait_for(client.close(), timeout_s)
+            except TimeoutError:
+                self.errors.append(f"{name} did not close within {timeout_s:.0f} s")
             except Exception as exc:
-                self.errors.append(f"{state.name} close failed: {_error(exc)}")
-        for consumer in self._consumers:
-            try:
-                await asyncio.wait_for(consumer.close(), 5.0)
-            except Exception as exc:
-                self.errors.append(f"consumer close failed: {_error(exc)}")
-        await asyncio.sleep(0)
+                self.errors.append(f"{name} close failed: {_error(exc)}")
+
+        await asyncio.gather(
+            *(close(p.name, p.producer, delivery_s + 5) for p in self._producers),
+            *(close(f"consumer-{i}", c, 5.0) for i, c in enumerate(self._consumers)),
+        )
 
     async def close(self) -> None:
         if self._admin is not None:
