@@ -426,9 +426,17 @@ class PartitionDefaults:
         "server.grpc_max_message_bytes.",
     )
     retention_check_ms: int = _f(5_000, "Milliseconds between retention checks on each partition.")
+    checkpoint_interval_bytes: int = _f(
+        64 * MiB,
+        "Write a partition checkpoint (the state and offset index at the applied index) every "
+        "this many applied bytes, so a restart replays only what came after it; -1 = never "
+        "(a restart then replays the whole retained log). Smaller: faster restarts, more writes.",
+    )
 
     def __post_init__(self) -> None:
         _check_types(self, "partition")
+        if self.checkpoint_interval_bytes != -1:
+            _at_least("partition.checkpoint_interval_bytes", self.checkpoint_interval_bytes, 1)
         _limit_or_forever("partition.retention_ms", self.retention_ms)
         _limit_or_forever("partition.retention_bytes", self.retention_bytes)
         _at_least("partition.max_batch_bytes", self.max_batch_bytes, 1)

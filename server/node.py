@@ -247,6 +247,7 @@ class BrokerNode:
                 max_batch_bytes=d.max_batch_bytes,
                 retention_ms=d.retention_ms,
                 retention_bytes=d.retention_bytes,
+                checkpoint_interval_bytes=d.checkpoint_interval_bytes,
             ),
         )
 
@@ -656,6 +657,12 @@ class BrokerNode:
         for group in list(self.runtime.groups.values()):
             with contextlib.suppress(Exception):
                 await self._io(group.lane, group.log.sync)
+            replica = self.partitions.get(group.group_id)
+            if replica is not None and group.failed is None:
+                try:  # a restart then resumes from here instead of replaying the log
+                    await replica.save_checkpoint()
+                except Exception as exc:
+                    self.log.warning("checkpoint_failed", group_id=group.group_id, error=repr(exc))
             with contextlib.suppress(Exception):
                 await self.runtime.close_log(group)
         self.log.info("broker_stopped")
