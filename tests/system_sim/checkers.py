@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from tests.system_sim.history import (
     Ack,
     FinalState,
+    GroupStatus,
     History,
     Observation,
     Op,
@@ -273,9 +274,9 @@ def consumers_saw_only_durable(history: History, final: FinalState) -> list[str]
         if op.f != "poll":
             continue
         for obs in op.value:
-            key = (op.process, obs.topic, obs.partition)
-            prev = last.get(key)
-            last[key] = obs.offset
+            seen = (op.process, obs.topic, obs.partition)
+            prev = last.get(seen)
+            last[seen] = obs.offset
             if prev is None or obs.topic in deleted:
                 continue
             if obs.offset <= prev:
@@ -361,7 +362,7 @@ def metadata_agrees(history: History, final: FinalState) -> list[str]:
 
 def groups_healthy(history: History, final: FinalState) -> list[str]:
     found: list[str] = []
-    by_group: dict[int, list] = defaultdict(list)
+    by_group: dict[int, list[GroupStatus]] = defaultdict(list)
     for status in final.statuses:
         if status.failed:
             found.append(

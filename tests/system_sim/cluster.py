@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,7 +350,7 @@ class SimCluster:
     def nodes(self) -> list[BrokerNode]:
         return [b.node for _, b in sorted(self.brokers.items()) if b.node is not None]
 
-    def on_log_event(self, event: dict[str, Any]) -> None:
+    def on_log_event(self, event: Mapping[str, Any]) -> None:
         """Fed every captured log event: a Raft ``became_leader`` is an exact leader fact."""
         if event.get("event") == "became_leader":
             group_id, term, node_id = (

@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +112,7 @@ class _LogCapture:
         self.cluster: SimCluster | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def __call__(self, _logger: Any, method: str, event: dict[str, Any]) -> Any:
+    def __call__(self, _logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
         cluster = self.cluster
         if cluster is not None:
             cluster.on_log_event(event)
