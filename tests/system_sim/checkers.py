@@ -420,9 +420,10 @@ def liveness(history: History, final: FinalState) -> list[str]:
         if invoke.process != "probe":
             continue
         if done is None or done.type != "ok":
-            why = "" if done is None else f": {done.value[1]}"
+            why = "" if done is None else f" (tried until t={done.time_s:.3f}): {done.value[1]}"
             found.append(
-                f"liveness: no topic could be created after the heal (t={invoke.time_s:.3f}){why}"
+                f"liveness: no topic could be created after the heal, from t={invoke.time_s:.3f}"
+                f"{why}"
             )
     for read in sorted(final.reads.values(), key=lambda r: (r.topic, r.partition)):
         if not read.complete:
