@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # (profile, brokers, dcs, seeds): a few hundred seeds in all, spread so xdist can share them.
 CI_RUNS: list[tuple[str, int, int, range]] = [
-    ("default", 3, 1, range(0, 40)),
+    ("default", 3, 1, range(0, 30)),
     ("crashy", 3, 1, range(0, 30)),
-    ("partitions", 3, 1, range(0, 30)),
-    ("disk", 3, 1, range(0, 30)),
+    ("partitions", 3, 1, range(0, 20)),
+    ("disk", 3, 1, range(0, 20)),
     ("default", 5, 3, range(0, 20)),
     ("partitions", 5, 3, range(0, 20)),
     ("crashy", 5, 3, range(0, 10)),
