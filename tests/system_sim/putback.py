@@ -322,6 +322,57 @@ def _promote(d: _Dir, seen: set[int]) -> None:
             node.dirty_lo = None
 
 
+# ---------------------------------------------------------------------------- #12 disk errors
+
+
+def _run_turn_without_isolation(self: Runtime) -> None:
+    """server/runtime.py's turn as before 251fd4e in the one respect that matters here: only
+    Raft's own failures (``raft.errors.GroupFailure``) stop a group; anything else a group
+    raises (an OSError from a write) escapes the turn: the group is not failed, the rest of
+    the turn (other groups, the transport flush) is skipped, and _ready_loop logs it."""
+    from raft.errors import GroupFailure
+
+    self.turns += 1
+    touched, self._touched = self._touched, set()
+    for gid in touched:
+        group = self.groups.get(gid)
+        if group is None or group.failed is not None:
+            continue
+        try:
+            self._drive(group)
+        except GroupFailure as exc:
+            self._fail(group, exc)
+    self.transport.flush()
+    if self._touched:
+        self._wake.set()
+
+
+def _patch_12(stack: contextlib.ExitStack) -> None:
+    """Before 5ca435a/251fd4e: ``Segment.append`` recorded frame positions before its pwrite
+    (a failed write leaves positions for bytes never written, so a later truncation cuts at
+    the wrong offset); the log had no failed state (an OSError is raised as is, and the next
+    call carries on); and the runtime did not fail a group on an OSError from ``log.append``
+    (it escaped the turn), so a later Ready with no entries was reported persisted at once,
+    releasing the append acknowledgement of entries the disk never got."""
+    from raft.storage.segment import Segment, pwrite_all
+
+    def append(self: Segment, frames: Any, terms: Any) -> None:
+        position = self.size_bytes
+        for frame in frames:
+            self.positions.append(position)
+            position += len(frame)
+        self.terms.extend(terms)
+        old_size, self.size_bytes = self.size_bytes, position
+        pwrite_all(self.fs, self.fd, b"".join(frames), old_size)
+
+    def fail(self: DurableLog, operation: str, exc: OSError) -> OSError:
+        return exc  # no failed state: raised as is, later calls go on
+
+    stack.enter_context(swap(Segment, "append", append))
+    stack.enter_context(swap(DurableLog, "_fail", fail))
+    stack.enter_context(swap(Runtime, "run_turn", _run_turn_without_isolation))
+
+
 # ---------------------------------------------------------------------------- #16 retention
 
 
@@ -385,6 +436,7 @@ PATCHES: dict[int, Callable[[contextlib.ExitStack], None]] = {
     6: _patch_6,
     7: _patch_7,
     9: _patch_9,
+    12: _patch_12,
     16: _patch_16,
     17: _patch_17,
 }
@@ -461,52 +513,102 @@ def _sampling_task(node: BrokerNode, period_s: float, sample: Callable[[float], 
 
 
 class RetentionKeepsCutting(Harness):
-    """Checker (#12 defect 16): retention must not stay stuck. Every ``period_s`` it asks each
-    live replica of a topic with a retention limit whether retention would cut now
-    (``PartitionState.retention_cut`` over the log's segments); a replica for which a cut
-    stays due, with its first index unmoved, for ``stuck_s`` virtual seconds in one
-    incarnation is a violation (the broker's retention pass runs every
-    ``retention_check_ms``, far more often)."""
+    """Checker (#12 defect 16): retention keeps working. Every retention pass of every
+    replica is watched (``PartitionReplica._compact_at``, the pass's executor job: snapshot,
+    then segment deletion); a replica whose last ``failures`` passes in a row raised while
+    retention would still cut (``PartitionState.retention_cut`` over its segments, sampled
+    every ``period_s``) is a violation: its log grows past retention.bytes for good. (A
+    merely slow pass, e.g. behind a slow disk, is not a failure.)"""
 
-    def __init__(self, period_s: float = 0.25, stuck_s: float = 4.0) -> None:
+    def __init__(
+        self, period_s: float = 0.25, failures: int = 3, crash_p: float = 0.0, down_s: float = 0.3
+    ) -> None:
         self.period_s = period_s
-        self.stuck_s = stuck_s
+        self.failures = failures
+        self.crash_p = crash_p
+        self.down_s = down_s
+        self.crashes = 0
         self.found: dict[tuple[int, int], str] = {}
+        self.failed_in_a_row: dict[int, tuple[int, str]] = {}  # id(replica) -> (n, last error)
+        self.clusters: list[Any] = []
+
+    @contextlib.contextmanager
+    def _ctx(self) -> Iterator[None]:
+        from server.partition_replica import PartitionReplica
+        from tests.system_sim.cluster import SimCluster, derive_rng
+
+        original = PartitionReplica._compact_at
+        original_cluster_init = SimCluster.__init__
+        harness = self
+
+        def cluster_init(self: SimCluster, *args: Any, **kwargs: Any) -> None:
+            original_cluster_init(self, *args, **kwargs)
+            harness.clusters.append(self)
+            harness.rng = derive_rng(self.seed, "retention-crash")
+
+        def crash_now(node_id: int) -> None:
+            cluster = harness.clusters[-1]
+            slot = cluster.brokers[node_id]
+            if slot.node is None:
+                return
+            harness.crashes += 1
+            cluster.crash(node_id)
+
+            async def restart() -> None:
+                await asyncio.sleep(harness.down_s)
+                await cluster.restart(node_id)
+
+            asyncio.get_running_loop().create_task(restart(), name=f"retention-crash-{node_id}")
+
+        def compact_at(self: PartitionReplica, cut: int) -> int:
+            if harness.crash_p and harness.rng.random() < harness.crash_p:
+                # The fault: the process dies between saving the retention snapshot (its file
+                # written durably: the first step of DurableLog.save_snapshot) and deleting
+                # the segments it covers (the second step).
+                self.log._write_snapshot_file(self._snapshot_at(cut), "save_snapshot")
+                asyncio.get_running_loop().call_soon(crash_now, self.node.id)
+                raise RuntimeError("crashed between the retention snapshot and compaction")
+            try:
+                first = original(self, cut)
+            except Exception as exc:
+                n, _ = harness.failed_in_a_row.get(id(self), (0, ""))
+                harness.failed_in_a_row[id(self)] = (n + 1, repr(exc)[:160])
+                raise
+            harness.failed_in_a_row.pop(id(self), None)
+            return first
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(swap(PartitionReplica, "_compact_at", compact_at))
+            stack.enter_context(swap(SimCluster, "__init__", cluster_init))
+            yield
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return self._ctx()
 
     def hook(self, node: BrokerNode) -> None:
-        since: dict[int, tuple[float, int]] = {}  # group -> (due since, first index then)
-
         def sample(now: float) -> None:
             for group_id, replica in list(node.partitions.items()):
-                state = replica.state
-                if replica.stopped is not None or state.config.retention_bytes < 0:
-                    since.pop(group_id, None)
+                n, error = self.failed_in_a_row.get(id(replica), (0, ""))
+                if n < self.failures or replica.stopped is not None:
                     continue
+                state = replica.state
                 try:
                     segments = [
                         (s.first_index, s.last_index, s.size_bytes) for s in replica.log.segments()
                     ]
-                    first = replica.log.first_index()
                     cut = state.retention_cut(segments, replica._wall_clock_ms())
                 except Exception:
-                    since.pop(group_id, None)
                     continue
                 if cut is None:
-                    since.pop(group_id, None)
                     continue
-                start = since.get(group_id)
-                if start is None or start[1] != first:
-                    since[group_id] = (now, first)
-                elif now - start[0] >= self.stuck_s:
-                    key = (node.node_id, group_id)
-                    self.found.setdefault(
-                        key,
-                        f"[retention_progress] retention stuck: group {group_id} "
-                        f"({replica.topic}/{replica.partition}) on node {node.node_id}: a cut "
-                        f"to {cut} due since t={start[0]:.3f}, first index still {first} at "
-                        f"t={now:.3f}, log {sum(s[2] for s in segments)} bytes for "
-                        f"retention.bytes={state.config.retention_bytes}",
-                    )
+                self.found.setdefault(
+                    (node.node_id, group_id),
+                    f"[retention_progress] retention failing: group {group_id} "
+                    f"({replica.topic}/{replica.partition}) on node {node.node_id} at "
+                    f"t={now:.3f}: {n} passes in a row failed ({error}) while a cut to {cut} "
+                    f"is due; log {sum(s[2] for s in segments)} bytes for "
+                    f"retention.bytes={state.config.retention_bytes}",
+                )
 
         _sampling_task(node, self.period_s, sample)
 
@@ -839,5 +941,31 @@ TARGETS: dict[int, Target] = {
         budget=Budget(max_wall_s=60.0),
         harness=PageCache,
         expect=("one_leader_per_term",),
+    ),
+    # the disk profile: EIO/ENOSPC on writes and syncs, slow fsyncs, kills and power losses
+    12: Target(
+        profile="disk",
+        expect=("StorageCorruption", "acked record", "group failed", "group stuck"),
+    ),
+    # every topic has a small retention.bytes, retention checked every 100 ms, and a fault
+    # the nemesis cannot aim: a process killed between writing a retention snapshot and
+    # deleting its segments (5 % of the passes), plus ordinary kills
+    16: Target(
+        profile=FaultProfile("kills", mean_gap_s=1.5, weights={"kill_one": 1, "quiet": 2}),
+        workload=WorkloadConfig(
+            retention_share=1.0, retention_bytes=(2000, 5000), send_gap_s=0.02
+        ),
+        settings=BrokerSettings(retention_check_ms=100),
+        harness=lambda: RetentionKeepsCutting(crash_p=0.05),
+        expect=("retention_progress",),
+    ),
+    # short-lived producers (a new producer id every 150 ms), producer ids expiring after
+    # 1.5 s of log time, a 20 s fault phase: the snapshot must stay within what the live
+    # producers need
+    17: Target(
+        profile=FaultProfile("kills", mean_gap_s=1.5, weights={"kill_one": 1, "quiet": 1}),
+        budget=Budget(fault_s=20.0),
+        harness=ProducerChurn,
+        expect=("snapshot_bounded",),
     ),
 }

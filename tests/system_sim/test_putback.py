@@ -22,6 +22,9 @@ BOUNDS: dict[int, int] = {
     4: 5,
     6: 10,
     9: 5,
+    12: 5,
+    16: 5,
+    17: 5,
 }
 
 
@@ -88,6 +91,40 @@ def test_defect_9_fsync_never_forgets_votes_on_sigkill() -> None:
     under which "never" is allowed to lose data): a restarted broker forgot its vote and
     votes again in the same term, two leaders in one term."""
     _caught(9)
+
+
+def test_defect_12_failed_write_acknowledged() -> None:
+    """#12 defect 12. Patch: ``Segment.append`` records frame positions before its pwrite,
+    ``DurableLog`` has no failed state (an OSError is raised as is and the log carries on),
+    and an OSError from ``log.append`` escapes the runtime turn instead of failing the group
+    (only ``raft.errors.GroupFailure`` stops a group). Faults: the disk profile (EIO/ENOSPC
+    on writes and syncs, slow fsyncs, kills, power losses): after a failed write a later
+    Ready is reported persisted, its append acknowledged, and the segment's positions point
+    past what the disk holds; the restart finds an acknowledged entry missing
+    (StorageCorruption) or acknowledged records are gone."""
+    _caught(12)
+
+
+def test_defect_16_crash_mid_retention_stops_retention() -> None:
+    """#12 defect 16. Patch: ``PartitionState.apply`` refuses an entry at or below the
+    restored snapshot ("apply order") and ``retention_cut`` does not drop segments the
+    snapshot covers first (before 52ab9ea). Faults: small retention limits checked every
+    100 ms, and a process killed between writing a retention snapshot and deleting the
+    segments it covers (RetentionKeepsCutting(crash_p=0.05): the nemesis cannot aim a kill
+    inside one executor job, so the harness does). After the restart every retention pass
+    replays those entries and fails; the checker sees three failed passes in a row while a
+    cut is due."""
+    _caught(16)
+
+
+def test_defect_17_snapshots_grow_without_bound() -> None:
+    """#12 defect 17. Patch: producer ids never expire (``ProducerTable`` built with
+    expiry -1, as before 3da22cb). Faults: hardly any (a few kills); the workload gains
+    short-lived idempotent producers, a new producer id every 150 ms on one partition, with
+    ``producer_expiry_ms`` = 1.5 s. The ProducerChurn checker measures every replica's
+    partition snapshot: without expiry it outgrows the bound set by the producers that can
+    be live within one expiry window."""
+    _caught(17)
 
 
 @pytest.mark.parametrize("defect", sorted(BOUNDS))
