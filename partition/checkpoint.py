@@ -48,7 +48,11 @@ from raft.types import ConfState
 __all__ = ["CheckpointImage", "CheckpointInvalid", "decode", "encode"]
 
 MAGIC = b"RPCK"
-VERSION = 1
+VERSION = 2
+# 1: the log start floor is the physical one (never above the high watermark); 2: it is the
+# logical, replicated log start (partition/state.py), which a replica that installed a
+# snapshot carrying a later log start may hold above its high watermark. Same layout.
+READS = (1, 2)
 _PREFIX = struct.Struct("<4sBIQ")
 _HEAD = struct.Struct("<qqqqqqqQQ")
 _RUN = struct.Struct("<Qq")
@@ -149,8 +153,8 @@ def decode(data: bytes, *, keep: int, expiry_ms: int) -> CheckpointImage:
     magic, version, crc, length = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise CheckpointInvalid(f"magic {magic!r}, expected {MAGIC!r}")
-    if version != VERSION:
-        raise CheckpointInvalid(f"version {version}, this broker reads {VERSION}")
+    if version not in READS:
+        raise CheckpointInvalid(f"version {version}, this broker reads {READS}")
     body = memoryview(data)[_PREFIX.size :]
     if len(body) != length:
         raise CheckpointInvalid(f"{len(body)} bytes after the header, the header says {length}")
@@ -203,7 +207,7 @@ def decode(data: bytes, *, keep: int, expiry_ms: int) -> CheckpointImage:
         )
     if n and hw <= bases[-1]:
         raise CheckpointInvalid(f"high watermark {hw} is not past the last entry's base")
-    if not snapshot_index <= index or hw < start_offset or floor > hw:
+    if not snapshot_index <= index or hw < start_offset or (floor > hw and version < 2):
         raise CheckpointInvalid(f"inconsistent header (index {index}, snapshot {snapshot_index})")
     return CheckpointImage(
         index=index,

@@ -8,10 +8,22 @@ Every Raft entry occupies offsets (DESIGN.md "partition/"): a data entry (a NORM
 whose data is a record batch) occupies ``lastOffsetDelta + 1`` offsets starting at its
 stamped baseOffset; a control entry (the leader's empty no-op, or a CONF_CHANGE) occupies
 exactly one offset and is never served to consumers.
+
+replog's own control entries. A NORMAL entry whose data is *shorter than a RecordBatch header*
+(61 bytes) and starts with ``b"RP"`` is a replog control entry, never a record batch (a batch
+is at least 61 bytes long, so the two can never be confused). One kind exists:
+
+* **log start** (``b"RPLS" [u8 version = 1] [i64 offset]``, 13 bytes): the leader's retention
+  decision "the log now starts at ``offset``". Applying it sets the partition's logical log
+  start to ``max(current, min(offset, the entry's own base offset))`` on every replica
+  (partition/state.py). Like every control entry it occupies one offset that no consumer
+  ever sees (a gap, as the leader's no-op). A broker that predates it refuses the entry
+  loudly (PartitionInvariantError: "not a record batch"): upgrade every broker first.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -19,7 +31,20 @@ from partition.errors import PartitionInvariantError
 from raft.types import Entry, EntryType
 from wire.batch import BatchHeader, InvalidBatch, read_header
 
-__all__ = ["EntryKind", "EntryMeta", "describe_entry", "entry_header"]
+__all__ = [
+    "EntryKind",
+    "EntryMeta",
+    "describe_entry",
+    "encode_log_start",
+    "entry_header",
+    "log_start_of",
+]
+
+_LOG_START = struct.Struct(">4sBq")
+_LOG_START_MAGIC = b"RPLS"
+_LOG_START_VERSION = 1
+_CONTROL_PREFIX = b"RP"
+_BATCH_MIN = 61  # a RecordBatch v2 header; replog control entries are shorter
 
 
 class EntryKind(IntEnum):
@@ -50,7 +75,41 @@ _CONTROL = EntryMeta(EntryKind.CONTROL, 1, -1, -1)
 
 
 def is_data(entry: Entry) -> bool:
-    return entry.type == EntryType.NORMAL and len(entry.data) > 0
+    data = entry.data
+    return (
+        entry.type == EntryType.NORMAL
+        and len(data) > 0
+        and not (len(data) < _BATCH_MIN and data[:2] == _CONTROL_PREFIX)
+    )
+
+
+def encode_log_start(offset: int) -> bytes:
+    """The data of a log-start control entry (the leader proposes it; see the module doc)."""
+    if offset < 0:
+        raise ValueError(f"log start offset {offset} is negative")
+    return _LOG_START.pack(_LOG_START_MAGIC, _LOG_START_VERSION, offset)
+
+
+def log_start_of(entry: Entry) -> int | None:
+    """The offset of a log-start control entry; None for any other entry. A replog control
+    entry this broker does not know (another kind or version) is an invariant violation:
+    applying it wrongly, or skipping it, would make replicas disagree."""
+    data = entry.data
+    if entry.type != EntryType.NORMAL or not data or len(data) >= _BATCH_MIN:
+        return None
+    if data[:2] != _CONTROL_PREFIX:
+        return None
+    if len(data) == _LOG_START.size:
+        magic, version, offset = _LOG_START.unpack(data)
+        if magic == _LOG_START_MAGIC and version == _LOG_START_VERSION and offset >= 0:
+            return int(offset)
+    raise PartitionInvariantError(
+        f"entry {entry.index} (term {entry.term}) is a replog control entry",
+        f"a known kind ({_LOG_START_MAGIC!r} version {_LOG_START_VERSION}, offset >= 0)",
+        data.hex(),
+        "a newer broker proposed a control entry this one does not know (upgrade it), or "
+        "the log is corrupt",
+    )
 
 
 def entry_header(entry: Entry) -> BatchHeader:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-__all__ = ["retention_cut"]
+__all__ = ["physical_cut", "retention_cut"]
 
 
 def retention_cut(
@@ -69,3 +69,27 @@ def retention_cut(
     if not n or eligible[n - 1][1] < snapshot_index:
         return None
     return eligible[n - 1][1]
+
+
+def physical_cut(
+    segments: Sequence[tuple[int, int, int]],
+    *,
+    applied_index: int,
+    snapshot_index: int,
+    gone_index: int,
+) -> int | None:
+    """The last index of the newest segment a replica may delete, or None: segments are
+    deleted as a prefix, never the active (last) one, and only when every entry in them is
+    at or below ``gone_index`` (the last index below the applied *logical* log start, which
+    the leader decided; partition/state.py) and applied. Segments wholly at or below
+    ``snapshot_index`` qualify whatever else holds (a crash left them). The cut is never
+    below ``snapshot_index`` (the caller saves a snapshot at the cut)."""
+    limit = min(gone_index, applied_index)
+    cut = None
+    for _first, last, _size in segments[:-1]:
+        if last > limit and last > snapshot_index:
+            break
+        cut = last
+    if cut is None or cut < snapshot_index:
+        return None
+    return cut

@@ -36,6 +36,16 @@ ignores them, ``apply`` skips them idempotently (``AlreadyApplied``: committed e
 change, and their effect is in the snapshot), and ``retention_cut`` drops those stale segments
 first, so the interrupted pass completes. The snapshot therefore carries no skipped-entry list
 (everything it covers lies below the log start).
+
+The log start is replicated (docs/architecture.md "Partition snapshots and retention"). The
+*logical* log start is a Raft decision: only the leader plans retention (``plan_retention``,
+by its own segments, sizes and clock) and proposes the result as a log-start control entry
+(partition/header.py); applying it sets ``log_start_offset = max(current, offset)`` on every
+replica, so replicas that applied the same log agree and the log start never moves
+backwards. Deleting files stays local: ``retention_cut`` names only whole segments that lie
+below the *applied* logical log start, so a follower never cuts on its own clock or sizes.
+The snapshot (version 3) and the checkpoint carry the logical log start, so it survives
+restarts and reaches a follower that installs a snapshot.
 """
 
 from __future__ import annotations
@@ -53,9 +63,10 @@ from partition.errors import (
     PartitionInvariantError,
     ProducerFenced,
 )
-from partition.header import EntryKind, describe_entry, entry_header
+from partition.header import EntryKind, describe_entry, entry_header, log_start_of
 from partition.offset_index import OffsetIndex
 from partition.producers import BatchMetadata, ProducerEntry, ProducerTable
+from partition.retention import physical_cut as _physical_cut
 from partition.retention import retention_cut as _retention_cut
 from partition.tail import ProducerTail
 from raft.types import ConfState, Entry
@@ -71,6 +82,7 @@ __all__ = [
     "Duplicate",
     "DuplicateOf",
     "FetchResult",
+    "LogStartMoved",
     "PartitionState",
     "Rejected",
 ]
@@ -79,8 +91,10 @@ ReadEntries = Callable[[int, int, int], Sequence[Entry]]
 
 _SNAP_HEAD = struct.Struct(">4sBqqqI")
 _SNAP_MAGIC = b"RPPS"
-_SNAP_VERSION = 2
-_SNAP_READS = (1, 2)  # 2: the producer table carries the log time and last-seen times
+_SNAP_VERSION = 3
+# 2: the producer table carries the log time and last-seen times; 3: the head's log start is
+# the logical (replicated) log start, which may lie above the snapshot's end offset
+_SNAP_READS = (1, 2, 3)
 _DATA = int(EntryKind.DATA)
 
 
@@ -116,7 +130,16 @@ class AlreadyApplied:
     index: int
 
 
-ApplyResult = Appended | Duplicate | Rejected | Control | AlreadyApplied
+@dataclass(frozen=True, slots=True)
+class LogStartMoved:
+    """A log-start control entry at ``offset`` was applied; the logical log start is now
+    ``log_start_offset`` (unchanged if the entry did not advance it)."""
+
+    offset: int
+    log_start_offset: int
+
+
+ApplyResult = Appended | Duplicate | Rejected | Control | AlreadyApplied | LogStartMoved
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +183,9 @@ class PartitionState:
         self._index = OffsetIndex(first_index=1, start_offset=0)
         self._producers = ProducerTable(config.producer_state_keep, config.producer_expiry_ms)
         self._applied = 0
+        self._applied_term = 0
         self._hw = 0
-        self._log_start_floor = 0
+        self._log_start_floor = 0  # the logical log start (replicated, monotonic)
         self._snapshot_index = 0  # entries <= this are covered by a snapshot (or compacted)
         self._tail = ProducerTail(self._producers, 0)
 
@@ -170,6 +194,11 @@ class PartitionState:
     @property
     def applied_index(self) -> int:
         return self._applied
+
+    @property
+    def applied_term(self) -> int:
+        """Term of the entry at ``applied_index`` (0 when unknown: a restored snapshot's)."""
+        return self._applied_term
 
     @property
     def high_watermark(self) -> int:
@@ -320,7 +349,13 @@ class PartitionState:
         result: ApplyResult
         header: BatchHeader | None = None
         if index.kind_of(entry.index) == EntryKind.CONTROL:
-            result = Control(base)
+            cut = log_start_of(entry)
+            if cut is None:
+                result = Control(base)
+            else:
+                # never past the entry itself (so never past the high watermark)
+                self._log_start_floor = max(self._log_start_floor, min(cut, base))
+                result = LogStartMoved(base, self.log_start_offset)
         else:
             header = entry_header(entry)
             result = Appended(base, end - 1)
@@ -338,6 +373,7 @@ class PartitionState:
                 self._producers.observe(header.max_timestamp)
         self._tail.on_applied(entry.index, header, self._producers)
         self._applied = entry.index
+        self._applied_term = entry.term
         self._hw = end
         return result
 
@@ -403,11 +439,19 @@ class PartitionState:
 
     # --- snapshot / compaction / retention ---------------------------------------------------
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, log_start_offset: int = 0) -> bytes:
         """The state at ``applied_index`` for a log that will start at ``applied_index + 1``:
-        end offset (= log start), producer table. The offset index is rebuilt from the log;
-        skipped entries all lie below the snapshot, so none are listed (#12 defect 17)."""
-        head = _SNAP_HEAD.pack(_SNAP_MAGIC, _SNAP_VERSION, self._applied, self._hw, self._hw, 0)
+        end offset, logical log start, producer table. The offset index is rebuilt from the
+        log; skipped entries all lie below the snapshot, so none are listed (#12 defect 17).
+
+        ``log_start_offset``: a logical log start known to be committed *later* than this
+        index (the live replica's, when the snapshot is rebuilt at an older retention cut);
+        the snapshot carries the larger of it and its own, so a follower installing it never
+        exposes a lower log start than the replica that sent it. Safe because the log start
+        is monotonic and that value was decided by a committed entry the follower will apply
+        anyway."""
+        start = max(self._hw, self._log_start_floor, log_start_offset)
+        head = _SNAP_HEAD.pack(_SNAP_MAGIC, _SNAP_VERSION, self._applied, self._hw, start, 0)
         return head + self._producers.encode()
 
     def restore(self, data: bytes, snapshot_index: int) -> None:
@@ -438,13 +482,16 @@ class PartitionState:
             raise PartitionInvariantError(
                 "partition snapshot length", end, len(data), "the snapshot is damaged"
             )
-        del log_start  # version 1 wrote it and a skipped list: both lie below the log start
+        # version 1 wrote a log start and a skipped list: both lie below the end offset;
+        # version 3's is the logical log start (it may lie above the end offset)
+        floor = max(hw, log_start) if version >= 3 else hw
         self._producers = producers
         self._index = OffsetIndex(first_index=snapshot_index + 1, start_offset=hw)
         self._applied = snapshot_index
+        self._applied_term = 0
         self._snapshot_index = snapshot_index
         self._hw = hw
-        self._log_start_floor = hw
+        self._log_start_floor = floor
         self._tail = ProducerTail(producers, snapshot_index)
 
     # --- checkpoints (partition/checkpoint.py) ---------------------------------------------
@@ -507,6 +554,7 @@ class PartitionState:
         self._producers = producers
         self._index = index
         self._applied = image.index
+        self._applied_term = image.term
         self._snapshot_index = snapshot_index
         self._hw = image.high_watermark
         self._log_start_floor = floor
@@ -525,20 +573,54 @@ class PartitionState:
         self._index.compact_to(first_kept_index)
         self._log_start_floor = max(self._log_start_floor, self._index.start_offset)
 
-    def retention_cut(self, segments: Sequence[tuple[int, int, int]], now_ms: int) -> int | None:
-        """The last index of the newest segment retention may drop, or None (see
-        partition/retention.py). Segments wholly at or below the snapshot (left by a crash
-        between saving a snapshot and deleting them) always go first; a cut is never below
-        the snapshot index (the server saves a snapshot at the cut)."""
-        return _retention_cut(
+    def retention_cut(
+        self, segments: Sequence[tuple[int, int, int]], now_ms: int | None = None
+    ) -> int | None:
+        """The last index of the newest segment this replica may delete now, or None: whole
+        segments whose entries all lie below the *applied* logical log start (and segments
+        left at or below the snapshot by a crash, first). Never above the log start, and
+        independent of this replica's clock and sizes (``now_ms`` is ignored: the leader
+        decides the log start, :meth:`plan_retention`). The server saves a snapshot at the
+        cut, so a cut is never below the snapshot index (partition/retention.py)."""
+        return _physical_cut(
             segments,
             applied_index=self._applied,
             snapshot_index=self._snapshot_index,
+            gone_index=self._gone_index(),
+        )
+
+    def plan_retention(self, segments: Sequence[tuple[int, int, int]], now_ms: int) -> int | None:
+        """The leader's retention decision: the offset the log should start at, by time and
+        size over this replica's segments (partition/retention.py; segments already below
+        the logical log start count as gone), or None when that does not advance the log
+        start. The runtime proposes it as a log-start control entry (``encode_log_start``);
+        nothing changes until that entry is applied."""
+        gone = self._gone_index()
+        cut = _retention_cut(
+            segments,
+            applied_index=self._applied,
+            snapshot_index=gone,
             now_ms=now_ms,
             retention_ms=self.config.retention_ms,
             retention_bytes=self.config.retention_bytes,
             max_timestamp_ms=self._max_timestamp,
         )
+        if cut is None or cut <= gone:
+            return None
+        offset = self._index.end_of(cut)
+        return offset if offset > self.log_start_offset else None
+
+    def _gone_index(self) -> int:
+        """The last applied index whose entries all lie below the logical log start (at
+        least the snapshot index)."""
+        index, start = self._index, self.log_start_offset
+        if start >= index.end_offset:
+            gone = index.last_index
+        elif start <= index.start_offset:
+            gone = index.first_index - 1
+        else:
+            gone = index.locate(start) - 1
+        return max(self._snapshot_index, min(gone, self._applied))
 
     def _max_timestamp(self, lo: int, hi: int) -> int | None:
         # the part of a segment at or below the snapshot is gone already: ignore it

@@ -25,6 +25,29 @@ follower). ``save_checkpoint`` writes one at clean shutdown.
 
 Fetch wake-ups are proportional (#12 defect 20): a waiting fetch registers the offset it waits
 for; an apply wakes only the waiters whose offset the new high watermark has passed.
+
+The log start is a replicated decision (docs/architecture.md "Partition snapshots and
+retention"). The retention pass (``maybe_apply_retention``) has two halves:
+
+* *plan* (leader only, once it has applied an entry of its own term): the state plans a new log
+  start by this replica's segments, sizes and wall clock (``PartitionState.plan_retention``) and
+  the replica proposes it as a log-start control entry; one proposal in flight at a time.
+  Applying it moves the logical log start on every replica, identically.
+* *delete* (every replica, lazily): whole segments that lie below the *applied* logical log start
+  are dropped (``PartitionState.retention_cut``), after a snapshot at the cut, as before. A
+  follower never cuts on its own clock or sizes, and no replica ever deletes above the log
+  start. The snapshot carries the replica's current logical log start, so a follower that
+  installs it never exposes a lower one.
+
+Reads are served by a leader only once it has applied an entry of its own term (its no-op):
+every log-start decision committed by an earlier leader is applied by then, so a new leader
+(or a restarted one) never serves records an earlier leader had already cut. A fetch that
+arrives earlier waits (long-poll) and then answers LEADER_NOT_AVAILABLE (retriable).
+
+Fetch reads off the loop (issue #13): ``fetch`` runs the state's lookup on the loop and serves
+entries straight from the log's in-memory tail cache (no executor hop on the hot path); entries
+older than the cache are read in the executor on the group's ``fetch-<group_id>`` lane (so
+reads never queue behind the group's fsyncs) and the state assembles the answer on the loop.
 """
 
 from __future__ import annotations
@@ -36,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from partition.checkpoint import CheckpointImage, CheckpointInvalid
+from partition.header import encode_log_start
 from partition.state import (
     Append,
     Appended,
@@ -46,7 +70,7 @@ from partition.state import (
     Rejected,
 )
 from raft.confchange import apply_conf_change
-from raft.errors import NotLeader, ProposalDropped
+from raft.errors import Compacted, NotLeader, ProposalDropped
 from raft.rawnode import RawNode
 from raft.storage import DurableLog
 from raft.types import (
@@ -126,6 +150,7 @@ class PartitionReplica:
         self._applied_since_checkpoint = 0  # bytes of entry data applied since the last one
         self._checkpoint_running = False
         self.checkpoint_index = checkpoint_index  # index of the newest checkpoint written
+        self._log_start_pending: tuple[int, int] | None = None  # (index, term) proposed
         # The membership as of the applied index, for checkpoints (the core restarts from it).
         # Tracked exactly as the core derives it: the starting ConfState plus each committed
         # CONF_CHANGE (an invalid one skipped), reset by an installed snapshot. None when
@@ -304,6 +329,29 @@ class PartitionReplica:
         if self.role != Role.LEADER:
             raise self._not_leader()
 
+    @property
+    def read_ready(self) -> bool:
+        """A leader that has applied an entry of its own term: every decision of an earlier
+        leader (log-start entries included) is applied, so its reads are current."""
+        return (
+            self.stopped is None
+            and self.role == Role.LEADER
+            and self.state.applied_term == self.term
+            and self.term > 0
+        )
+
+    def ensure_readable(self) -> None:
+        """``ensure_leader``, and the leader has applied an entry of its term (else
+        LEADER_NOT_AVAILABLE, retriable): what a read (fetch, list offsets) needs."""
+        self.ensure_leader()
+        if not self.read_ready:
+            raise BrokerError(
+                "LEADER_NOT_AVAILABLE",
+                f"{self.what}: the new leader has not applied its first entry yet",
+                retriable=True,
+                hint="retry after a short back-off",
+            )
+
     async def produce(self, batch: bytes, *, acks_leader: bool, timeout_s: float) -> ProduceResult:
         """Validates and decides idempotence BEFORE proposing (#12 defect 8): a duplicate is
         answered with its original offsets and a rejected batch with its error, never proposed,
@@ -356,14 +404,78 @@ class PartitionReplica:
         return self.log.entries(lo, hi, max_bytes)
 
     def fetch_once(self, offset: int, max_bytes: int) -> FetchResult:
-        self.ensure_leader()
+        """Blocking variant of :meth:`fetch`: reads old segments on the calling thread (tests
+        and tools; the broker serves with ``fetch``)."""
+        self.ensure_readable()
         return self.state.fetch(offset, max_bytes, self._read)
+
+    def _memory_from(self) -> int:
+        """The first index the log serves from memory (its tail cache). DurableLog has no
+        public accessor for it (raft/storage is not ours: a ``cached_from()`` is requested);
+        an int read is atomic, and only the loop moves it up except a compaction, which only
+        drops entries below the log start (never fetched)."""
+        cached_from = getattr(self.log, "cached_from", None)
+        if callable(cached_from):
+            return int(cached_from())
+        return int(getattr(self.log, "_cache_lo", 1 << 62))
+
+    async def fetch(self, offset: int, max_bytes: int) -> FetchResult:
+        """Applied, live batches from ``offset`` (``PartitionState.fetch``), without touching
+        the disk on the loop: the state's lookup and the assembly run here; entries in the
+        log's tail cache are served at once; older ones are read in the executor on the
+        ``fetch-<group_id>`` lane and the state's pass is repeated with them (committed
+        entries never change, so what was read stays valid). Raises OffsetOutOfRange like
+        the state, and NOT_LEADER / LEADER_NOT_AVAILABLE (``ensure_readable``)."""
+        self.ensure_readable()
+        got: dict[int, Entry] = {}
+        lane = f"fetch-{self.group_id}"
+        for _attempt in range(64):
+            miss: _FetchMiss | None = None
+
+            def read(lo: int, hi: int, budget: int) -> Sequence[Entry]:
+                nonlocal miss
+                if lo in got:
+                    out: list[Entry] = []
+                    total = 0
+                    i = lo
+                    while i < hi and i in got:
+                        e = got[i]
+                        if out and total + len(e.data) > budget:
+                            break
+                        out.append(e)
+                        total += len(e.data)
+                        i += 1
+                    return out
+                if lo >= self._memory_from():
+                    return self.log.entries(lo, hi, budget)  # memory only: no syscall
+                miss = _FetchMiss(lo, hi, budget)
+                raise miss
+
+            try:
+                return self.state.fetch(offset, max_bytes, read)
+            except _FetchMiss as exc:
+                if exc is not miss:
+                    raise
+            try:
+                entries = await self._executor.submit(
+                    lane, self.log.entries, miss.lo, miss.hi, miss.max_bytes
+                )
+            except Compacted:
+                got.clear()  # a snapshot install or a cut meanwhile: look again
+                entries = []
+            self.ensure_readable()
+            for entry in entries:
+                got[entry.index] = entry
+        raise BrokerError("INTERNAL", f"{self.what}: fetch at {offset} made no progress")
 
     async def fetch_stream(
         self, offset: int, max_bytes: int, max_wait_s: float, follow: bool
     ) -> AsyncIterator[FetchResult]:
         while True:
-            result = self.fetch_once(offset, max_bytes)
+            if not self.read_ready and self.stopped is None and self.role == Role.LEADER:
+                # a new leader: wait (long-poll) until it applied an entry of its term
+                await self._wait_applied(max_wait_s)
+            result = await self.fetch(offset, max_bytes)
             if result.batches:
                 yield result
                 offset = result.next_offset
@@ -384,20 +496,38 @@ class PartitionReplica:
             if self.stopped is not None:
                 raise self._not_leader()
 
+    async def _wait_applied(self, max_wait_s: float) -> None:
+        """Waits until the next apply (or leadership change), at most ``max_wait_s``."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fetch_waiters.append((-1, fut))
+        try:
+            await asyncio.wait_for(fut, max_wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            if not fut.done():
+                fut.cancel()
+
     # ------------------------------------------------------------------ retention
     async def maybe_apply_retention(self) -> int | None:
-        """Drops whole segments that retention allows; returns the new first index, or None.
-        The replay, the snapshot write and the compaction run on the group's executor lane."""
-        if self._retention_running:
+        """One retention pass. On a leader that has applied an entry of its term, plans a new
+        log start (its own segments, sizes and clock) and proposes it as a log-start control
+        entry (``maybe_propose_log_start``). On every replica, drops the whole segments that lie
+        below the *applied* logical log start; returns the new first index, or None. The
+        replay, the snapshot write and the compaction run on the group's executor lane."""
+        if self._retention_running or self.stopped is not None:
             return None
-        now_ms = self._wall_clock_ms()
         segments = [(s.first_index, s.last_index, s.size_bytes) for s in self.log.segments()]
-        cut = self.state.retention_cut(segments, now_ms)
+        self.maybe_propose_log_start(segments)
+        cut = self.state.retention_cut(segments)
         if cut is None:
             return None
+        log_start = self.state.log_start_offset
         self._retention_running = True
         try:
-            first = await self._executor.submit(f"group-{self.group_id}", self._compact_at, cut)
+            first = await self._executor.submit(
+                f"group-{self.group_id}", self._compact_at, cut, log_start
+            )
         finally:
             self._retention_running = False
         if self.stopped is not None:
@@ -411,14 +541,50 @@ class PartitionReplica:
         )
         return first
 
-    def _compact_at(self, cut: int) -> int:
-        """Blocking (executor): snapshot at ``cut`` (saved durably first), then drop segments."""
-        self.log.save_snapshot(self._snapshot_at(cut))
+    def maybe_propose_log_start(self, segments: Sequence[tuple[int, int, int]]) -> int | None:
+        """Leader only: proposes the log start retention allows now, if it advances the
+        current one and no earlier proposal of this term is still unapplied; returns the
+        proposed offset, or None."""
+        if not self.read_ready:
+            return None
+        pending = self._log_start_pending
+        if pending is not None:
+            index, term = pending
+            if term == self.term and self.state.applied_index < index:
+                return None
+            self._log_start_pending = None
+        offset = self.state.plan_retention(segments, self._wall_clock_ms())
+        if offset is None:
+            return None
+        data = encode_log_start(offset)
+        try:
+            index = self.node.propose(data)
+        except (NotLeader, ProposalDropped) as exc:
+            self._log.info("log_start_not_proposed", group_id=self.group_id, reason=repr(exc))
+            return None
+        term = self.node.term
+        self.state.on_log_append((Entry(index, term, EntryType.NORMAL, data),))
+        self._log_start_pending = (index, term)
+        self._touch(self.group_id)
+        self._log.info(
+            "log_start_proposed",
+            group_id=self.group_id,
+            index=index,
+            log_start_offset=offset,
+            current=self.state.log_start_offset,
+        )
+        return offset
+
+    def _compact_at(self, cut: int, log_start: int = 0) -> int:
+        """Blocking (executor): snapshot at ``cut`` (saved durably first, carrying the logical
+        log start ``log_start``), then drop segments."""
+        self.log.save_snapshot(self._snapshot_at(cut, log_start))
         self.log.compact(cut)
         return self.log.first_index()
 
-    def _snapshot_at(self, index: int) -> Snapshot:
-        """The partition state as of ``index``: the previous snapshot plus the entries up to it."""
+    def _snapshot_at(self, index: int, log_start: int = 0) -> Snapshot:
+        """The partition state as of ``index``: the previous snapshot plus the entries up to
+        it, with the logical log start raised to ``log_start`` (the live one)."""
         replay = self._make_state()
         previous = self.log.snapshot()  # index 0 = the bootstrap one: membership, no state
         conf = previous.metadata.conf_state
@@ -437,11 +603,21 @@ class PartitionReplica:
         for e in conf_entries:
             with contextlib.suppress(ValueError):  # the core skipped invalid changes too
                 conf = apply_conf_change(conf, ConfChange.decode(e.data))
-        return Snapshot(SnapshotMetadata(index, self.log.term(index), conf), replay.snapshot())
+        return Snapshot(
+            SnapshotMetadata(index, self.log.term(index), conf), replay.snapshot(log_start)
+        )
 
 
 def _noop() -> None:
     return None
+
+
+class _FetchMiss(Exception):
+    """Raised inside a fetch pass: entries [lo, hi) are not in memory (read them off the loop)."""
+
+    def __init__(self, lo: int, hi: int, max_bytes: int) -> None:
+        super().__init__(lo, hi, max_bytes)
+        self.lo, self.hi, self.max_bytes = lo, hi, max_bytes
 
 
 def next_conf_state(conf: ConfState, entry: Entry) -> ConfState:

@@ -48,13 +48,13 @@ def test_zero_retention_is_accepted_and_drops_closed_segments() -> None:
     c = topic_config({"retention.ms": "0", "retention.bytes": "0"})
     assert (c.retention_ms, c.retention_bytes) == (0, 0)
     st_ = PartitionState(c)
-    from tests.partition.test_support import FakeLog, make_batch, propose
+    from tests.partition.test_support import FakeLog, make_batch, planned_cut, propose
 
     log = FakeLog()
     for _ in range(4):
         st_.apply(propose(st_, log, 1, make_batch(1, ts=5)))
     # every closed segment goes (by size and by time); the active one stays
-    assert st_.retention_cut([(1, 2, 10), (3, 3, 10), (4, 4, 10)], now_ms=5) == 3
+    assert planned_cut(st_, [(1, 2, 10), (3, 3, 10), (4, 4, 10)], 5) == 3
 
 
 def test_topic_config_applies_overrides_on_the_broker_defaults() -> None:

@@ -6,7 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from partition import AlreadyApplied, PartitionState, retention_cut
-from tests.partition.test_support import FakeLog, fresh, make_batch, propose, propose_control
+from tests.partition.test_support import (
+    FakeLog,
+    fresh,
+    make_batch,
+    planned_cut,
+    propose,
+    propose_control,
+    propose_log_start,
+)
 
 HOUR = 3_600_000
 
@@ -29,24 +37,24 @@ def test_retention_by_time() -> None:
     now = 12 * HOUR
     # (1,2) holds a no-op and a batch whose newest record is at 1 ms; (3,4) newest is
     # 2h + 1 ms. Expired means now - newest > retention (Kafka), i.e. newest < now - 10h.
-    assert st_.retention_cut(segments, now) == 2  # horizon 2h: (3,4) kept
-    assert st_.retention_cut(segments, now + 1) == 2  # exactly 10h old: still kept
-    assert st_.retention_cut(segments, now + 2) == 4
-    assert st_.retention_cut(segments, 100 * HOUR) == 6  # never the active segment
-    assert st_.retention_cut(segments, 0) is None
+    assert planned_cut(st_, segments, now) == 2  # horizon 2h: (3,4) kept
+    assert planned_cut(st_, segments, now + 1) == 2  # exactly 10h old: still kept
+    assert planned_cut(st_, segments, now + 2) == 4
+    assert planned_cut(st_, segments, 100 * HOUR) == 6  # never the active segment
+    assert planned_cut(st_, segments, 0) is None
 
 
 def test_retention_by_bytes() -> None:
     st_ = fresh(retention_ms=-1, retention_bytes=250)
     log_with_timestamps(st_, [0] * 6)
     segments = [(1, 2, 100), (3, 4, 100), (5, 6, 100), (7, 7, 50)]  # 350 bytes
-    assert st_.retention_cut(segments, 10**15) == 2  # 350 - 100 = 250 <= 250: drop one
+    assert planned_cut(st_, segments, 10**15) == 2  # 350 - 100 = 250 <= 250: drop one
     big = fresh(retention_ms=-1, retention_bytes=10_000)
     log_with_timestamps(big, [0] * 6)
-    assert big.retention_cut(segments, 10**15) is None
+    assert planned_cut(big, segments, 10**15) is None
     small = fresh(retention_ms=-1, retention_bytes=1)
     log_with_timestamps(small, [0] * 6)
-    assert small.retention_cut(segments, 10**15) == 6
+    assert planned_cut(small, segments, 10**15) == 6
 
 
 def test_retention_never_passes_applied() -> None:
@@ -58,19 +66,21 @@ def test_retention_never_passes_applied() -> None:
     st_.apply(log.entries[0])
     st_.apply(log.entries[1])  # applied index 2
     segments = [(1, 2, 10), (3, 4, 10), (5, 6, 10)]
-    assert st_.retention_cut(segments, 100 * HOUR) == 2
+    assert planned_cut(st_, segments, 100 * HOUR) == 2
 
 
 def test_unknown_timestamps_stop_time_retention() -> None:
     st_ = fresh(retention_ms=HOUR)
     log_with_timestamps(st_, [0, 0, 0])
     st_.on_compacted(3)
-    # (1, 2) lies below the compaction point: stale, it goes whatever its age
-    assert st_.retention_cut([(1, 2, 10), (3, 4, 10), (5, 5, 10)], 0) == 2
-    assert st_.retention_cut([(1, 2, 10), (3, 4, 10), (5, 5, 10)], 10 * HOUR) == 4
-    assert st_.retention_cut([(3, 4, 10), (5, 5, 10)], 10 * HOUR) == 4
+    # (1, 2) lies below the compaction point: stale, the replica deletes it whatever its age,
+    # and it does not count for the plan
+    assert st_.retention_cut([(1, 2, 10), (3, 4, 10), (5, 5, 10)]) == 2
+    assert st_.plan_retention([(1, 2, 10), (3, 4, 10), (5, 5, 10)], 0) is None
+    assert planned_cut(st_, [(1, 2, 10), (3, 4, 10), (5, 5, 10)], 10 * HOUR) == 4
+    assert planned_cut(st_, [(3, 4, 10), (5, 5, 10)], 10 * HOUR) == 4
     # a segment reaching past what the offset index knows has unknown timestamps
-    assert st_.retention_cut([(3, 9, 10), (10, 10, 10)], 10 * HOUR) is None
+    assert planned_cut(st_, [(3, 9, 10), (10, 10, 10)], 10 * HOUR) is None
 
 
 @given(
@@ -135,7 +145,11 @@ def test_crash_between_snapshot_and_segment_deletion_does_not_stop_retention() -
     for e in log.entries:
         leader.apply(e)
     segments = [(1, 3, 10), (4, 6, 10), (7, 9, 10)]
-    cut = leader.retention_cut(segments, 10 * HOUR)
+    assert leader.retention_cut(segments) is None  # nothing is below the log start yet
+    offset = leader.plan_retention(segments, 10 * HOUR)
+    assert offset is not None and leader.index_for_offset(offset) == 7  # entries 1..6 go
+    leader.apply(propose_log_start(leader, log, 1, offset))  # index 10
+    cut = leader.retention_cut(segments)
     assert cut == 6
     snap = (snapshot_at(log, None, cut), cut)
     # --- crash: the snapshot is saved, the segments (1..6) are not deleted ---
@@ -154,16 +168,20 @@ def test_crash_between_snapshot_and_segment_deletion_does_not_stop_retention() -
     assert restarted.high_watermark == leader.high_watermark
     assert dict(restarted.producer_table()) == dict(leader.producer_table())
     start = restarted.log_start_offset
-    assert restarted.fetch(start, 1 << 20, log.read).batches == [e.data for e in log.entries[cut:]]
+    served = [e.data for e in log.entries[cut:9]]  # index 10 (the log-start entry) is not served
+    assert restarted.fetch(start, 1 << 20, log.read).batches == served
 
     # more records arrive, then retention runs again: it completes the interrupted pass
     for i in range(3):
         propose(restarted, log, 1, make_batch(1, pid=7, epoch=0, seq=8 + i, ts=20 * HOUR))
         restarted.apply(log.entries[-1])
-    segments = [(1, 3, 10), (4, 6, 10), (7, 9, 10), (10, 12, 10)]
-    assert restarted.retention_cut(segments, 0) == 6  # stale segments go whatever their age
-    cut2 = restarted.retention_cut(segments, 10 * HOUR)
-    assert cut2 == 9
+    segments = [(1, 3, 10), (4, 6, 10), (7, 10, 10), (11, 13, 10)]
+    assert restarted.retention_cut(segments) == 6  # stale segments go whatever their age
+    offset2 = restarted.plan_retention(segments, 10 * HOUR)
+    assert offset2 is not None
+    restarted.apply(propose_log_start(restarted, log, 1, offset2))  # index 14
+    cut2 = restarted.retention_cut(segments)
+    assert cut2 == 10
     snap2 = (snapshot_at(log, snap, cut2), cut2)
     log.compact(cut2 + 1)
     restarted.on_compacted(cut2 + 1)

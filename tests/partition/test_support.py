@@ -93,3 +93,39 @@ def propose_control(state: PartitionState, log: FakeLog, term: int, kind: str = 
 
 def fresh(**config: int) -> PartitionState:
     return PartitionState(PartitionConfig(**config))
+
+
+def propose_log_start(state: PartitionState, log: FakeLog, term: int, offset: int) -> Entry:
+    """The leader's retention decision as the runtime proposes it: a log-start control entry."""
+    from partition.header import encode_log_start
+
+    e = Entry(log.last_index + 1, term, EntryType.NORMAL, encode_log_start(offset))
+    log.write([e])
+    state.on_log_append([e])
+    return e
+
+
+def planned_cut(state: PartitionState, segments: list[tuple[int, int, int]], now_ms: int) -> int:
+    """The Raft index of the last entry below the offset ``plan_retention`` proposes (the
+    retention cut of the leader's own segments), or None."""
+    offset = state.plan_retention(segments, now_ms)
+    if offset is None:
+        return None  # type: ignore[return-value]
+    if offset >= state.next_offset():
+        return state.index_for_offset(state.next_offset() - 1)
+    return state.index_for_offset(offset) - 1
+
+
+def cut_log_start(
+    state: PartitionState,
+    log: FakeLog,
+    term: int,
+    now_ms: int,
+    segments: list[tuple[int, int, int]],
+) -> int | None:
+    """Plan on ``state`` (the leader), propose and apply the log-start entry; the offset."""
+    offset = state.plan_retention(segments, now_ms)
+    if offset is None:
+        return None
+    state.apply(propose_log_start(state, log, term, offset))
+    return offset
