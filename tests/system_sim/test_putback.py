@@ -20,6 +20,7 @@ BOUNDS: dict[int, int] = {
     1: 20,
     2: 5,
     4: 5,
+    5: 5,
     6: 10,
     9: 5,
     12: 5,
@@ -72,6 +73,19 @@ def test_defect_4_failed_sync_job_fails_every_group() -> None:
     producers still write to it: a queued job meets the closed log (``ValueError: log ... is
     closed``) and the metadata replica and every other group on that broker fail."""
     _caught(4)
+
+
+def test_defect_5_invariant_errors_escape_group_isolation() -> None:
+    """#12 defect 5. Patch: the runtime turn of before 251fd4e, which stopped a group only for
+    Raft's own InvariantViolation/StorageCorruption: a ``PartitionInvariantError`` (or
+    ``MetadataInvariantViolation``, or anything else) escapes the turn, skipping the other
+    groups and the transport flush, and the group is not failed. Faults: none from the
+    nemesis; InjectApplyError makes one partition replica's apply on broker 1 raise a
+    PartitionInvariantError once. With one failure model that group stops there alone (its
+    own "group failed" is filtered out as expected); with the patch its entries are never
+    applied there, it raises again every turn, and broker 1 stops driving its other groups
+    and sending Raft messages: probes time out (liveness), groups are stuck."""
+    _caught(5)
 
 
 def test_defect_6_snapshot_status_never_reported() -> None:
