@@ -333,6 +333,10 @@ class Connection:
             self.brokers = {b.id: b for b in response.brokers}
         if not topics:
             self.topics = {}
+            listed = {t.name for t in response.topics}
+            for key in [k for k in self._leaders if k[0] not in listed]:
+                del self._leaders[key]
+                self._leader_addresses.pop(key, None)
         for topic in response.topics:
             self.topics[topic.name] = topic
             for part in topic.partitions:
@@ -373,7 +377,9 @@ class Connection:
 
         async def lookup(refresh: bool) -> str:
             key = (topic, partition)
-            if refresh or key not in self._leaders:
+            if refresh or key not in self._leaders or topic not in self.topics:
+                # (A full refresh answered by a lagging broker may have dropped the topic from
+                # the cache while its leader stayed: never conclude "unknown" from the cache.)
                 await self.refresh_metadata([topic])
             meta = self.topics.get(topic)
             if meta is None:
