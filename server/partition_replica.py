@@ -151,6 +151,15 @@ class PartitionReplica:
         self._checkpoint_running = False
         self.checkpoint_index = checkpoint_index  # index of the newest checkpoint written
         self._log_start_pending: tuple[int, int] | None = None  # (index, term) proposed
+        # The first index the log serves from memory (its tail cache), for fetch. DurableLog
+        # has no public accessor yet (raft/storage is not ours; ``cached_from()`` requested):
+        # until it has, read the field (an int read is atomic; only the loop moves it, except
+        # a compaction, which drops only entries below the log start, never fetched).
+        cached_from = getattr(log, "cached_from", None)
+        self._memory_from: Callable[[], int] = (
+            cached_from if cached_from is not None else lambda: log._cache_lo
+        )
+        self._reader = _FetchReader(log, None)  # the hot path's (passes never interleave)
         # The membership as of the applied index, for checkpoints (the core restarts from it).
         # Tracked exactly as the core derives it: the starting ConfState plus each committed
         # CONF_CHANGE (an invalid one skipped), reset by an installed snapshot. None when
@@ -343,6 +352,13 @@ class PartitionReplica:
     def ensure_readable(self) -> None:
         """``ensure_leader``, and the leader has applied an entry of its term (else
         LEADER_NOT_AVAILABLE, retriable): what a read (fetch, list offsets) needs."""
+        if (
+            self.role is Role.LEADER
+            and self.stopped is None
+            and self.term > 0
+            and self.state.applied_term == self.term
+        ):
+            return  # the hot path
         self.ensure_leader()
         if not self.read_ready:
             raise BrokerError(
@@ -409,56 +425,39 @@ class PartitionReplica:
         self.ensure_readable()
         return self.state.fetch(offset, max_bytes, self._read)
 
-    def _memory_from(self) -> int:
-        """The first index the log serves from memory (its tail cache). DurableLog has no
-        public accessor for it (raft/storage is not ours: a ``cached_from()`` is requested);
-        an int read is atomic, and only the loop moves it up except a compaction, which only
-        drops entries below the log start (never fetched)."""
-        cached_from = getattr(self.log, "cached_from", None)
-        if callable(cached_from):
-            return int(cached_from())
-        return int(getattr(self.log, "_cache_lo", 1 << 62))
+    def _fetch_pass(
+        self, offset: int, max_bytes: int, got: dict[int, Entry] | None
+    ) -> FetchResult | _FetchMiss:
+        """One pass of the state's fetch on the loop, reading only memory: the log's tail
+        cache and ``got`` (entries read in the executor earlier); a miss names what to read."""
+        reader = self._reader if got is None else _FetchReader(self.log, got)
+        reader.memory_from = self._memory_from()
+        reader.miss = None
+        try:
+            return self.state.fetch(offset, max_bytes, reader.read)
+        except _FetchMiss as miss:
+            if miss is not reader.miss:
+                raise
+            return miss
 
     async def fetch(self, offset: int, max_bytes: int) -> FetchResult:
         """Applied, live batches from ``offset`` (``PartitionState.fetch``), without touching
         the disk on the loop: the state's lookup and the assembly run here; entries in the
-        log's tail cache are served at once; older ones are read in the executor on the
-        ``fetch-<group_id>`` lane and the state's pass is repeated with them (committed
-        entries never change, so what was read stays valid). Raises OffsetOutOfRange like
-        the state, and NOT_LEADER / LEADER_NOT_AVAILABLE (``ensure_readable``)."""
+        log's tail cache are served at once (no executor hop); older ones are read in the
+        executor on the ``fetch-<group_id>`` lane and the state's pass is repeated with them
+        (applied entries never change, so what was read stays valid). Raises
+        OffsetOutOfRange like the state, and NOT_LEADER / LEADER_NOT_AVAILABLE
+        (``ensure_readable``)."""
         self.ensure_readable()
         got: dict[int, Entry] = {}
         lane = f"fetch-{self.group_id}"
         for _attempt in range(64):
-            miss: _FetchMiss | None = None
-
-            def read(lo: int, hi: int, budget: int) -> Sequence[Entry]:
-                nonlocal miss
-                if lo in got:
-                    out: list[Entry] = []
-                    total = 0
-                    i = lo
-                    while i < hi and i in got:
-                        e = got[i]
-                        if out and total + len(e.data) > budget:
-                            break
-                        out.append(e)
-                        total += len(e.data)
-                        i += 1
-                    return out
-                if lo >= self._memory_from():
-                    return self.log.entries(lo, hi, budget)  # memory only: no syscall
-                miss = _FetchMiss(lo, hi, budget)
-                raise miss
-
-            try:
-                return self.state.fetch(offset, max_bytes, read)
-            except _FetchMiss as exc:
-                if exc is not miss:
-                    raise
+            result = self._fetch_pass(offset, max_bytes, got)
+            if isinstance(result, FetchResult):
+                return result
             try:
                 entries = await self._executor.submit(
-                    lane, self.log.entries, miss.lo, miss.hi, miss.max_bytes
+                    lane, self.log.entries, result.lo, result.hi, result.max_bytes
                 )
             except Compacted:
                 got.clear()  # a snapshot install or a cut meanwhile: look again
@@ -475,7 +474,12 @@ class PartitionReplica:
             if not self.read_ready and self.stopped is None and self.role == Role.LEADER:
                 # a new leader: wait (long-poll) until it applied an entry of its term
                 await self._wait_applied(max_wait_s)
-            result = await self.fetch(offset, max_bytes)
+            self.ensure_readable()
+            first = self._fetch_pass(offset, max_bytes, None)  # the hot path: memory only
+            if isinstance(first, FetchResult):
+                result = first
+            else:
+                result = await self.fetch(offset, max_bytes)
             if result.batches:
                 yield result
                 offset = result.next_offset
@@ -610,6 +614,38 @@ class PartitionReplica:
 
 def _noop() -> None:
     return None
+
+
+class _FetchReader:
+    """The reader of one fetch pass on the loop: ``got`` (entries already read in the
+    executor), else the log's tail cache; anything older raises a :class:`_FetchMiss`."""
+
+    __slots__ = ("got", "log", "memory_from", "miss")
+
+    def __init__(self, log: DurableLog, got: dict[int, Entry] | None) -> None:
+        self.log = log
+        self.memory_from = 0
+        self.got = got
+        self.miss: _FetchMiss | None = None
+
+    def read(self, lo: int, hi: int, max_bytes: int) -> Sequence[Entry]:
+        got = self.got
+        if got and lo in got:
+            out: list[Entry] = []
+            total = 0
+            i = lo
+            while i < hi and i in got:
+                e = got[i]
+                if out and total + len(e.data) > max_bytes:
+                    break
+                out.append(e)
+                total += len(e.data)
+                i += 1
+            return out
+        if lo >= self.memory_from:
+            return self.log.entries(lo, hi, max_bytes)  # the tail cache: no syscall
+        self.miss = _FetchMiss(lo, hi, max_bytes)
+        raise self.miss
 
 
 class _FetchMiss(Exception):
