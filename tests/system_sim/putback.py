@@ -1157,6 +1157,30 @@ TARGETS: dict[int, Target] = {
         profile="disk",
         expect=("StorageCorruption", "acked record", "group failed", "group stuck"),
     ),
+    # every link refuses batches over 160 KiB (gRPC's RESOURCE_EXHAUSTED, LinkSizeLimit, and
+    # every broker configured with that limit), Raft appends of up to 64 KiB, heavy produce
+    # load on 3-4 partitions per topic, and followers that fall behind (kills, isolation):
+    # catching up several groups in one turn exceeds the limit
+    14: Target(
+        profile=FaultProfile(
+            "catch-up",
+            mean_gap_s=1.0,
+            weights={"kill_one": 2, "isolate_one": 2},
+            down_s=(1.0, 3.0),
+            partition_s=(1.0, 3.0),
+        ),
+        workload=WorkloadConfig(
+            value_bytes=(500, 2000),
+            send_gap_s=0.01,
+            producers=(3, 3),
+            retention_share=0.0,
+            partitions=(3, 4),
+        ),
+        settings=BrokerSettings(max_size_per_msg=64 * 1024),
+        budget=Budget(fault_s=6.0),
+        harness=lambda: LinkSizeLimit(160 * 1024),
+        expect=("group stuck", "[liveness]", "[acked_records_survive]", "group failed"),
+    ),
     # every topic has a small retention.bytes, retention checked every 100 ms, and a fault
     # the nemesis cannot aim: a process killed between writing a retention snapshot and
     # deleting its segments (5 % of the passes), plus ordinary kills
@@ -1179,3 +1203,49 @@ TARGETS: dict[int, Target] = {
         expect=("snapshot_bounded",),
     ),
 }
+
+
+def verify(defect: int, bound: int) -> dict[str, Any]:
+    """The whole check of one defect: the first detecting seed with the patch (within
+    ``bound`` seeds from ``first_seed``), then the same configuration without the patch on
+    every seed up to that one. Returns a JSON-able dict."""
+    target = TARGETS[defect]
+    seed, violations = hunt(target, bound, defect=defect)
+    negative: list[tuple[int, list[str]]] = []
+    if seed is not None:
+        for clean in range(target.first_seed, seed + 1):
+            result = run_target(target, clean)
+            if result.violations:
+                negative.append((clean, result.violations[:5]))
+    return {
+        "defect": defect,
+        "bound": bound,
+        "first_seed": target.first_seed,
+        "seed": seed,
+        "seeds_needed": None if seed is None else seed - target.first_seed + 1,
+        "violations": violations[:5],
+        "negative": negative,
+    }
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.system_sim.putback DEFECT BOUND``: prints :func:`verify`'s result as
+    one JSON line. Seeds replay only under a fixed PYTHONHASHSEED; without one set, this
+    re-executes itself with PYTHONHASHSEED=0 (as the simulation's CLI does)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if os.environ.get("PYTHONHASHSEED") is None:
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        return subprocess.call([sys.executable, "-m", "tests.system_sim.putback", *argv], env=env)
+    defect, bound = int(argv[0]), int(argv[1])
+    print(json.dumps(verify(defect, bound)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
