@@ -21,9 +21,9 @@ from partition.errors import (
     ProducerFenced,
     UnsupportedCompression,
 )
-from partition.header import EntryKind
+from partition.header import EntryKind, encode_log_start, log_start_of
 from partition.producers import BatchMetadata, ProducerEntry
-from partition.retention import retention_cut
+from partition.retention import physical_cut, retention_cut
 from partition.state import (
     Admission,
     AlreadyApplied,
@@ -34,6 +34,7 @@ from partition.state import (
     Duplicate,
     DuplicateOf,
     FetchResult,
+    LogStartMoved,
     PartitionState,
     Rejected,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "EntryKind",
     "FetchResult",
     "InvalidBatch",
+    "LogStartMoved",
     "OffsetOutOfRange",
     "OutOfOrderSequence",
     "PartitionConfig",
@@ -65,6 +67,9 @@ __all__ = [
     "ProducerFenced",
     "Rejected",
     "UnsupportedCompression",
+    "encode_log_start",
+    "log_start_of",
+    "physical_cut",
     "retention_cut",
     "topic_config",
 ]
