@@ -370,12 +370,22 @@ class PartitionReplica:
 
     async def produce(self, batch: bytes, *, acks_leader: bool, timeout_s: float) -> ProduceResult:
         """Validates and decides idempotence BEFORE proposing (#12 defect 8): a duplicate is
-        answered with its original offsets and a rejected batch with its error, never proposed,
-        so ``acks=leader`` never reports as written a batch that apply would refuse."""
+        answered with its original offsets (never proposed again), and a batch the leader
+        would reject is proposed and answered only when apply rejected it, so ``acks=leader``
+        never reports as written a batch that apply refuses, and a deposed leader never
+        rejects on the strength of an old log."""
         self.ensure_leader()
         admission = self.state.admit(batch, now_ms=self._wall_clock_ms())
         if isinstance(admission, Rejected):
-            raise admission.error
+            # Not answered here: this leader may have been deposed without noticing yet
+            # (isolated, or quiesced so it never ran CheckQuorum) and judge by an old log; an
+            # OUT_OF_ORDER_SEQUENCE from it made the producer bump its epoch and resend records
+            # that were in fact written (duplicates: system simulation, default seed 153). A
+            # rejection is decided by apply, on a committed entry: propose it and wait for that
+            # (never acknowledged early, whatever the acks mode).
+            stamped, base_offset, last_offset = self.state.stamp(batch)
+            admission = Append(stamped, base_offset, last_offset)
+            acks_leader = False
         if isinstance(admission, DuplicateOf):
             fut = self._duplicate_answer(admission)
         else:
