@@ -458,14 +458,14 @@ def _patch_16(stack: contextlib.ExitStack) -> None:
             )
         return original_apply(self, entry)
 
-    def retention_cut(self: PartitionState, segments: Any, now_ms: int) -> int | None:
-        return state_mod._retention_cut(
+    def retention_cut(self: PartitionState, segments: Any, now_ms: int | None = None) -> int | None:
+        # the replica's physical cut without "segments at or below the snapshot go first,
+        # and never cut below the snapshot"
+        return state_mod._physical_cut(
             segments,
             applied_index=self._applied,
-            now_ms=now_ms,
-            retention_ms=self.config.retention_ms,
-            retention_bytes=self.config.retention_bytes,
-            max_timestamp_ms=self._index.max_timestamp,
+            snapshot_index=0,
+            gone_index=self._gone_index(),
         )
 
     stack.enter_context(swap(PartitionState, "apply", apply))
@@ -677,16 +677,16 @@ class RetentionKeepsCutting(Harness):
 
             asyncio.get_running_loop().create_task(restart(), name=f"retention-crash-{node_id}")
 
-        def compact_at(self: PartitionReplica, cut: int) -> int:
+        def compact_at(self: PartitionReplica, cut: int, *args: Any) -> int:
             if harness.crash_p and harness.rng.random() < harness.crash_p:
                 # The fault: the process dies between saving the retention snapshot (its file
                 # written durably: the first step of DurableLog.save_snapshot) and deleting
                 # the segments it covers (the second step).
-                self.log._write_snapshot_file(self._snapshot_at(cut), "save_snapshot")
+                self.log._write_snapshot_file(self._snapshot_at(cut, *args), "save_snapshot")
                 asyncio.get_running_loop().call_soon(crash_now, self.node.id)
                 raise RuntimeError("crashed between the retention snapshot and compaction")
             try:
-                first = original(self, cut)
+                first = original(self, cut, *args)
             except Exception as exc:
                 n, _ = harness.failed_in_a_row.get(id(self), (0, ""))
                 harness.failed_in_a_row[id(self)] = (n + 1, repr(exc)[:160])
