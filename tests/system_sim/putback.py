@@ -239,7 +239,8 @@ def _patch_7(stack: contextlib.ExitStack) -> None:
     """partition/state.py before 11a6985: a fetch above the high watermark (a new leader's
     trails its predecessor's until its no-op commits) answered OFFSET_OUT_OF_RANGE; and the
     consumer before 60d0cdd applied auto_offset_reset at once (here: its retry window is
-    0 ms), so a consumer reset to "latest" skipped records."""
+    0 ms), so a consumer reset to "latest" skipped records. Also back: any leader serves
+    reads at once (before 05ca412, a new leader did not wait to apply an entry of its term)."""
     original_fetch = PartitionState.fetch
 
     def fetch(self: PartitionState, offset: int, max_bytes: int, read: Any) -> Any:
@@ -259,6 +260,14 @@ def _patch_7(stack: contextlib.ExitStack) -> None:
 
     stack.enter_context(swap(PartitionState, "fetch", fetch))
     stack.enter_context(swap(ConsumerConfig, "__post_init__", post_init))
+    from server.partition_replica import PartitionReplica
+
+    if hasattr(PartitionReplica, "ensure_readable"):
+        # 05ca412 later made a new leader refuse reads until it applied an entry of its term
+        # (its high watermark is then current): before, any leader served fetches.
+        stack.enter_context(
+            swap(PartitionReplica, "ensure_readable", PartitionReplica.ensure_leader)
+        )
 
 
 # ---------------------------------------------------------------------------- #9 fsync=never
