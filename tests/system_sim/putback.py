@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
+import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from metadata.state import MetadataState, PartitionAssignment
+from metadata.state import MetadataState
 from partition.errors import OffsetOutOfRange, PartitionInvariantError
 from partition.state import PartitionState
 from raft import core as raft_core
 from raft.log import RaftLog
-from raft.storage import durable_log as durable_log_mod
 from raft.storage.durable_log import DurableLog
 from raft.types import Message
 from server import node as node_mod
-from server import runtime as runtime_mod
 from server.node import BrokerNode
 from server.reconcile import Plan
 from server.runtime import Group, Runtime
@@ -140,7 +138,7 @@ def _patch_2(stack: contextlib.ExitStack) -> None:
     restore = MetadataState.__dict__["restore"].__func__
 
     def restore_without_defence(cls: type[MetadataState], data: bytes) -> MetadataState:
-        state = restore(cls, data)
+        state: MetadataState = restore(cls, data)
         state._snapshot_index = 0
         return state
 
@@ -455,7 +453,6 @@ def _patch_16(stack: contextlib.ExitStack) -> None:
     ``apply`` refused ("apply order"), and retention_cut did not drop the stale segments
     first: every later pass fails, the log grows without limit."""
     original_apply = PartitionState.apply
-    from partition import state as state_mod
 
     def apply(self: PartitionState, entry: Any) -> Any:
         if entry.index <= self._snapshot_index and entry.index != self._applied + 1:
@@ -470,7 +467,9 @@ def _patch_16(stack: contextlib.ExitStack) -> None:
     def retention_cut(self: PartitionState, segments: Any, now_ms: int | None = None) -> int | None:
         # the replica's physical cut without "segments at or below the snapshot go first,
         # and never cut below the snapshot"
-        return state_mod._physical_cut(
+        from partition.retention import physical_cut
+
+        return physical_cut(
             segments,
             applied_index=self._applied,
             snapshot_index=0,
@@ -657,6 +656,7 @@ class RetentionKeepsCutting(Harness):
         self.found: dict[tuple[int, int], str] = {}
         self.failed_in_a_row: dict[int, tuple[int, str]] = {}  # id(replica) -> (n, last error)
         self.clusters: list[Any] = []
+        self.rng = random.Random(0)  # re-seeded from each cluster's seed
 
     @contextlib.contextmanager
     def _ctx(self) -> Iterator[None]:
@@ -755,6 +755,7 @@ class VoteCrash(Harness):
         self.p, self.until_s, self.down_s, self.delay_s = p, until_s, down_s, delay_s
         self.clusters: list[Any] = []
         self.crashes = 0
+        self.rng = random.Random(0)  # re-seeded from each cluster's seed
 
     @contextlib.contextmanager
     def _capture(self) -> Iterator[None]:
@@ -786,7 +787,6 @@ class VoteCrash(Harness):
             if slot.node is not node:
                 return  # crashed or replaced meanwhile
             harness.crashes += 1
-            cluster.history_note = f"vote-crash {node_id}"
             cluster.crash(node_id)
 
             async def restart() -> None:
@@ -1095,8 +1095,6 @@ def hunt(target: Target, seeds: int, *, defect: int | None = None) -> tuple[int 
     return None, []
 
 
-_ = (errno, durable_log_mod, runtime_mod, PartitionAssignment)
-
 # Whole-cluster crashes (SIGKILL and power loss of every broker) soon after topics are created
 # and written: a restarted broker replays its metadata only up to its lazily written commit
 # index, so its state is older than the groups on its disk.
@@ -1195,9 +1193,7 @@ TARGETS: dict[int, Target] = {
     # deleting its segments (5 % of the passes), plus ordinary kills
     16: Target(
         profile=FaultProfile("kills", mean_gap_s=1.5, weights={"kill_one": 1, "quiet": 2}),
-        workload=WorkloadConfig(
-            retention_share=1.0, retention_bytes=(2000, 5000), send_gap_s=0.02
-        ),
+        workload=WorkloadConfig(retention_share=1.0, retention_bytes=(2000, 5000), send_gap_s=0.02),
         settings=BrokerSettings(retention_check_ms=100),
         harness=lambda: RetentionKeepsCutting(crash_p=0.05),
         expect=("retention_progress",),

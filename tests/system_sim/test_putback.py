@@ -185,7 +185,9 @@ def test_defect_17_snapshots_grow_without_bound() -> None:
 NOT_EXPOSED: dict[int, list[str]] = {
     # Raft core, with pre-vote and check-quorum off as in its regression test: a grant at the
     # node's current term leaves before the vote is durable.
-    3: ["tests/raft/test_core_persistence.py::test_vote_granted_at_the_current_term_waits_for_the_disk"],
+    3: [
+        "tests/raft/test_core_persistence.py::test_vote_granted_at_the_current_term_waits_for_the_disk"
+    ],
     # partition fetch above the high watermark, and the consumer's immediate reset
     7: [
         "tests/partition/test_state.py::"
@@ -213,7 +215,9 @@ def test_not_exposed_defects_patch_is_real(defect: int) -> None:
     patched = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
     )
-    assert patched.returncode != 0, f"defect {defect} put back, yet its tests pass:\n{patched.stdout}"
+    assert patched.returncode != 0, (
+        f"defect {defect} put back, yet its tests pass:\n{patched.stdout}"
+    )
     clean = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *NOT_EXPOSED[defect]],
         cwd=root,
