@@ -442,7 +442,8 @@ def _decode(
 
     The position moves only to what the broker returned: past the last batch it sent, or to
     its ``next_offset`` when that lies further (control and refused entries it stepped over).
-    An empty response never moves it (its ``next_offset`` may be a trailing high watermark)."""
+    An empty response moves it only up to the high watermark it reports (past committed
+    control entries), never beyond (a ``next_offset`` there may be a trailing watermark)."""
     out: list[ConsumerRecord] = []
     next_offset = from_offset
     try:
@@ -464,6 +465,11 @@ def _decode(
             f"a fetched batch of {topic}/{partition} is damaged: {error}",
             hint="report it: the broker or the network corrupted data",
         ) from error
-    if response.batches and response.next_offset > next_offset:
+    if response.next_offset > next_offset and (
+        response.batches or response.next_offset <= response.high_watermark
+    ):
+        # Also when nothing came back: the broker stepped over committed entries no consumer
+        # sees (a new leader's no-op at the end of the log); without this the position never
+        # reaches the high watermark. Never beyond it: that could be a trailing watermark.
         next_offset = response.next_offset
     return out, next_offset

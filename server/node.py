@@ -152,6 +152,7 @@ class BrokerNode:
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
+        self.registry.clock = asyncio.get_running_loop().time
         await self._io("registry", self.registry.claim, self.node_id, self.cfg.node.cluster_id)
         await self._open_metadata()
         specs, errors = await self._io("registry", self.registry.list_groups)

@@ -81,12 +81,16 @@ class GroupRegistry:
         fsync: str,
         segment_bytes: int,
         raft_logger: Callable[[int], Callable[..., None]],
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.data_dir = os.fspath(data_dir)
         self.fs = fs
         self.fsync = "always" if fsync == "always" else "never"
         self.segment_bytes = segment_bytes
         self._raft_logger = raft_logger
+        # The logs' monotonic clock (when to write a lazily flushed commit index): the event
+        # loop's time, set by the node at start, so the simulation's virtual time rules it too.
+        self.clock = clock
         self.partitions_dir = os.path.join(self.data_dir, "partitions")
 
     # ------------------------------------------------------------------ node
@@ -128,6 +132,7 @@ class GroupRegistry:
             fsync=self.fsync,
             logger=self._raft_logger(group_id),
             fs=self.fs,
+            **self._clock_arg(),
         )
 
     # ------------------------------------------------------------------ partitions
@@ -171,8 +176,12 @@ class GroupRegistry:
             fsync=self.fsync,
             logger=self._raft_logger(spec.group_id),
             fs=fs,
+            **self._clock_arg(),
         )
         return log, fresh
+
+    def _clock_arg(self) -> dict[str, Callable[[], float]]:
+        return {"clock": self.clock} if self.clock is not None else {}
 
     def delete_group(self, group_id: int) -> None:
         self.fs.rmtree(self.group_dir(group_id))

@@ -50,3 +50,15 @@ def test_a_full_refresh_forgets_leaders_of_topics_it_does_not_list() -> None:
 
     conn = asyncio.run(scenario())
     assert ("gone", 0) not in conn._leaders and ("t", 0) in conn._leaders
+
+
+def test_an_empty_fetch_steps_over_committed_control_entries_but_never_past_the_watermark() -> None:
+    """A new leader's no-op at the end of the log is a committed entry no consumer sees; the
+    broker answers empty with next_offset past it. The position follows up to the high
+    watermark (found by tests/system_sim: consumers never reached the end), never beyond."""
+    from client.consumer import _decode
+
+    _, position = _decode("t", 0, pb.FetchResponse(next_offset=5, high_watermark=5), 4)
+    assert position == 5
+    _, position = _decode("t", 0, pb.FetchResponse(next_offset=7, high_watermark=5), 4)
+    assert position == 4

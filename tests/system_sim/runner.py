@@ -205,7 +205,6 @@ def run_seed(
         await cluster.stop_all()
 
     old_config = structlog.get_config()
-    restore_clock = _pin_storage_clock()
     structlog.configure(
         processors=[capture],
         wrapper_class=structlog.make_filtering_bound_logger(20),  # info
@@ -238,7 +237,6 @@ def run_seed(
             state["watchdog"].cancel()
         structlog.configure(**old_config)
         client_log.setLevel(old_level)
-        restore_clock()
     result.wall_s = time.perf_counter() - started
     result.steps = int(stats.get("steps", 0))
     result.virtual_s = float(stats.get("virtual_s", 0.0))
@@ -272,30 +270,6 @@ def _stop_loop(loop: Any, state: dict[str, Any]) -> None:
     """From the watchdog thread: the next loop iteration raises StepBudgetExceeded."""
     state["wall_budget_hit"] = True
     loop.max_steps = 0
-
-
-def _loop_time() -> float:
-    return asyncio.get_running_loop().time()
-
-
-def _pin_storage_clock() -> Callable[[], None]:
-    """Stopgap for a seam leak: ``DurableLog`` decides when to write its commit index by
-    ``time.monotonic()`` (its ``clock`` default) and server/registry.py does not pass the
-    Env's clock, so what is durable at a crash (and every timing after it) depended on real
-    time: seeds did not replay. Until the registry passes the loop's clock, the simulation
-    makes the default the running loop's (virtual) time; restored after the seed."""
-    from raft.storage.durable_log import DurableLog
-
-    defaults = DurableLog.__init__.__kwdefaults__
-    if not defaults or "clock" not in defaults:
-        return lambda: None
-    old = defaults["clock"]
-    defaults["clock"] = _loop_time
-
-    def restore() -> None:
-        defaults["clock"] = old
-
-    return restore
 
 
 def first_violation(
