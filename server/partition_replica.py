@@ -151,14 +151,8 @@ class PartitionReplica:
         self._checkpoint_running = False
         self.checkpoint_index = checkpoint_index  # index of the newest checkpoint written
         self._log_start_pending: tuple[int, int] | None = None  # (index, term) proposed
-        # The first index the log serves from memory (its tail cache), for fetch. DurableLog
-        # has no public accessor yet (raft/storage is not ours; ``cached_from()`` requested):
-        # until it has, read the field (an int read is atomic; only the loop moves it, except
-        # a compaction, which drops only entries below the log start, never fetched).
-        cached_from = getattr(log, "cached_from", None)
-        self._memory_from: Callable[[], int] = (
-            cached_from if cached_from is not None else lambda: log._cache_lo
-        )
+        # The first index the log serves from memory (its tail cache), for fetch.
+        self._memory_from: Callable[[], int] = log.cached_from
         self._reader = _FetchReader(log, None)  # the hot path's (passes never interleave)
         # The membership as of the applied index, for checkpoints (the core restarts from it).
         # Tracked exactly as the core derives it: the starting ConfState plus each committed

@@ -328,7 +328,7 @@ class ReplogService(pb_grpc.ReplogServicer):
         self, request: pb.ListOffsetsRequest, context: Any
     ) -> pb.ListOffsetsResponse:
         replica = await self._replica(request.topic, request.partition)
-        replica.ensure_leader()
+        replica.ensure_readable()  # a new leader reports offsets only once its cuts are applied
         s = replica.state
         return pb.ListOffsetsResponse(
             log_start_offset=s.log_start_offset,

@@ -431,6 +431,11 @@ class DurableLog:
             index += 1
         return result
 
+    def cached_from(self) -> int:
+        """The first index ``entries`` serves from memory (no disk read); everything from it
+        to the last index is cached. A racy read is fine: it only picks the fast path."""
+        return self._cache_lo
+
     def snapshot(self) -> Snapshot:
         if self._snapshot.is_empty():
             # Never compacted: the "bootstrap snapshot" at index 0 carries the initial
