@@ -28,7 +28,6 @@ from client.config import AdminConfig, ProducerConfig
 from client.errors import ReplogError, TopicExists
 from tests.system_sim import loop as simloop
 from tests.system_sim.cluster import DATA_DIR, SimCluster
-from tests.system_sim.runner import _pin_storage_clock
 
 SYNC_S = 1.0  # virtual seconds per fsync of the slow group's files
 WINDOW_S = 5.0  # how long the slow group's disk stays slow
@@ -115,7 +114,6 @@ async def _scenario() -> dict[str, Any]:
 
 def test_a_slow_group_does_not_stop_other_groups_committing() -> None:
     old = structlog.get_config()
-    restore_clock = _pin_storage_clock()
     structlog.configure(
         processors=[structlog.processors.KeyValueRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(40),  # errors only
@@ -125,7 +123,6 @@ def test_a_slow_group_does_not_stop_other_groups_committing() -> None:
         out = simloop.run(_scenario, max_virtual_s=300.0, max_steps=3_000_000)
     finally:
         structlog.configure(**old)
-        restore_clock()
     # The slowness hit the slow group: its record needed at least one slow fsync (leader and
     # follower write in parallel: at least SYNC_S in all). With a fsync slower than an
     # election timeout (300 ms here) the slow group may also lose its leader; it recovers
