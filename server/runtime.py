@@ -13,8 +13,9 @@ One loop turn (STYLE.md "The runtime"):
      fsyncs run in parallel and a slow file delays only its own group;
   4. when the job completes, report ``on_persisted(number)`` (which releases the votes and append
      acknowledgements the core held back) and touch the group again.
-A Ready that needs no persistence of its own but follows one still in flight goes through the
-lane as a no-op job: its number must not be reported before its predecessors are durable.
+A Ready that needs no persistence of its own but follows one still in flight rides on that
+job: its number is reported when the job completes (never before its predecessors are durable,
+and without a thread hop of its own).
 
 Failure model (one place, ``_fail``): anything a group raises while it is driven (a
 ``raft.errors.GroupFailure`` such as an invariant violation, a corrupt or failed disk, a
@@ -67,6 +68,7 @@ class Group:
     __slots__ = (
         "failed",
         "group_id",
+        "behind_newest_job",
         "jobs_in_flight",
         "lane",
         "log",
@@ -86,12 +88,12 @@ class Group:
         self.failed: BaseException | None = None
         self.removed = False
         self.jobs_in_flight = 0  # persistence jobs submitted and not yet completed
+        # The newest Ready number that needed no persistence of its own but came after the
+        # newest job in flight: reported when that job completes (a one-element holder that
+        # the job's callback shares; a new job gets a new holder).
+        self.behind_newest_job: list[int] = [0]
         self.quiesced = False  # idle: not ticked (see the quiescence notes above)
         self.quiet_ticks = 0  # consecutive leader ticks with nothing to replicate
-
-
-def _noop() -> None:
-    return None
 
 
 class Runtime:
@@ -342,16 +344,22 @@ class Runtime:
             self.transport.enqueue(group.group_id, msg)
         self._apply(group, rd)
         needs_sync = rd.must_sync or bool(rd.entries) or rd.snapshot is not None
-        if not needs_sync and not group.jobs_in_flight:
+        if not needs_sync:
+            if group.jobs_in_flight:
+                # Nothing of its own to persist, but its number may not be reported before
+                # the job in flight completes: it rides on that job's completion.
+                group.behind_newest_job[0] = rd.number
+                return
             node.on_persisted(rd.number)
             if node.has_ready():
                 self._touched.add(group.group_id)
             return
         last = rd.entries[-1].index if rd.entries else 0
-        job = self.executor.submit(group.lane, group.log.sync if needs_sync else _noop)
+        job = self.executor.submit(group.lane, group.log.sync)
         group.jobs_in_flight += 1
         self.sync_jobs += 1
-        job.add_done_callback(lambda f: self._on_synced(group, rd.number, last, f))
+        behind = group.behind_newest_job = [0]
+        job.add_done_callback(lambda f: self._on_synced(group, rd.number, last, f, behind))
 
     def _apply(self, group: Group, rd: Ready) -> None:
         """Applies what the core handed out as committed in this Ready, in the same turn (the
@@ -366,7 +374,14 @@ class Runtime:
         if rd.read_states:
             group.replica.on_read_states(rd.read_states)
 
-    def _on_synced(self, group: Group, number: int, last: int, job: asyncio.Future[None]) -> None:
+    def _on_synced(
+        self,
+        group: Group,
+        number: int,
+        last: int,
+        job: asyncio.Future[None],
+        behind: list[int],
+    ) -> None:
         group.jobs_in_flight -= 1
         if group.failed is not None or group.removed:
             return
@@ -378,7 +393,7 @@ class Runtime:
             self._fail(group, error)  # this group only: other groups' jobs are their own
             return
         try:
-            group.node.on_persisted(number)
+            group.node.on_persisted(behind[0] or number)  # numbers grow: the later covers it
             if last:
                 group.replica.on_persisted(last)
         except Exception as exc:
