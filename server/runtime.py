@@ -66,9 +66,9 @@ class Replica(Protocol):
 
 class Group:
     __slots__ = (
+        "behind_newest_job",
         "failed",
         "group_id",
-        "behind_newest_job",
         "jobs_in_flight",
         "lane",
         "log",
