@@ -185,7 +185,12 @@ def _patch_4(stack: contextlib.ExitStack) -> None:
         self.lane = "sync-all-groups"
 
     def on_synced(
-        self: Runtime, group: Group, number: int, last: int, job: asyncio.Future[None]
+        self: Runtime,
+        group: Group,
+        number: int,
+        last: int,
+        job: asyncio.Future[None],
+        behind: list[int] | None = None,
     ) -> None:
         group.jobs_in_flight -= 1
         error = None if job.cancelled() else job.exception()
@@ -200,7 +205,7 @@ def _patch_4(stack: contextlib.ExitStack) -> None:
             self._fail(group, RuntimeError("persistence job cancelled"))
             return
         try:
-            group.node.on_persisted(number)
+            group.node.on_persisted((behind[0] if behind else 0) or number)
             if last:
                 group.replica.on_persisted(last)
         except Exception as exc:

@@ -31,7 +31,7 @@ BOUNDS: dict[int, int] = {
     5: 5,
     6: 10,
     9: 5,
-    12: 10,
+    12: 30,  # 18 seeds since the two-index ack mark (a torn last sync is cut, not refused)
     14: 3,
     16: 5,
     17: 5,
