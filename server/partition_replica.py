@@ -484,7 +484,11 @@ class PartitionReplica:
                 result = first
             else:
                 result = await self.fetch(offset, max_bytes)
-            if result.batches:
+            if result.batches or result.next_offset > offset:
+                # (No batches but a later next_offset: committed entries no consumer sees, a
+                # no-op or a log-start entry, were stepped over. Say so, or a stream parked at
+                # them would wait for new data that may never come; the system simulation
+                # found a final read stuck there, 5 brokers seed 324.)
                 yield result
                 offset = result.next_offset
                 if not follow:
