@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -71,6 +73,9 @@ class Api:
                     return await route(request, args)
                 except errors.ApiError as err:
                     return error_response(err)
+                except Exception as exc:  # a bug: answer like upstream's untyped errors
+                    traceback.print_exc(file=sys.stderr)
+                    return error_response(errors.internal(f"{type(exc).__name__}: {exc}"))
         if method_mismatch:
             return Response(405)  # gorilla/mux answers a known path with an empty 405
         return Response(404, b"404 page not found\n", "text/plain; charset=utf-8")

@@ -143,6 +143,8 @@ class Link:
             if not self.dead:
                 stage.wrapper = None
                 stage.start()
+                assert stage.task is not None
+                self._tasks.append(stage.task)  # no longer in self.stages; kill() stops it
             return
         # Oldest first: what the removed stage held, what was queued for it, then what the
         # stage before had not yet handed over.

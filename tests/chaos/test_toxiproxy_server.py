@@ -334,6 +334,19 @@ def test_slicer_delivers_everything_in_pieces(toxi, echo) -> None:
         assert echo_time(sock, payload) >= 0.1
 
 
+def test_slow_close_delays_the_close(toxi, echo) -> None:
+    proxy = toxi.create(upstream=echo, name="lingering")
+    proxy.add_toxic(type="slow_close", attributes={"delay": 200})
+    with connect(proxy) as sock:
+        echo_time(sock, b"hi")
+        start = time.monotonic()
+        # As upstream, end of stream from the client closes the upstream socket; the close
+        # then reaches the client only after the delay.
+        sock.shutdown(socket.SHUT_WR)
+        assert read_to_close(sock)[0] == b""
+        assert time.monotonic() - start >= 0.2
+
+
 def test_held_bytes_survive_update_add_and_remove(toxi, echo, echo_server) -> None:
     proxy = toxi.create(upstream=echo, name="held")
     proxy.add_toxic(type="latency", attributes={"latency": 30_000})
@@ -384,6 +397,25 @@ def test_disable_enable(toxi, echo) -> None:
     assert toxi.proxies()["switch"].enabled is False
     proxy.enable()
     assert toxi.proxies()["switch"].listen == proxy.listen  # same address again
+    with connect(proxy) as sock:
+        echo_time(sock, b"back")
+
+
+def test_update_listen_and_upstream(server, toxi, echo) -> None:
+    proxy = toxi.create(upstream=echo, name="moving")
+    old_host, old_port = proxy.listen.rsplit(":", 1)
+    moved = api(server, "PATCH", "/proxies/moving", json={"listen": "127.0.0.1:0"}).json()
+    assert moved["enabled"] and moved["listen"] != proxy.listen
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((old_host, int(old_port)), timeout=WAIT).close()
+    proxy.listen = moved["listen"]
+    with connect(proxy) as sock:
+        echo_time(sock, b"moved")
+    # An upstream that refuses: the proxy accepts, fails to dial, closes the client.
+    api(server, "POST", "/proxies/moving", json={"upstream": "127.0.0.1:1"})
+    with connect(proxy) as sock:
+        assert read_to_close(sock)[0] == b""
+    api(server, "POST", "/proxies/moving", json={"upstream": echo})
     with connect(proxy) as sock:
         echo_time(sock, b"back")
 
