@@ -18,16 +18,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m chaos.toxiproxy", description="Bundled Toxiproxy-compatible server"
     )
-    parser.add_argument("--host", "-host", default="localhost",
-                        help="host for the HTTP API to listen on (default localhost)")
-    parser.add_argument("--port", "-port", type=int, default=8474,
-                        help="port for the HTTP API (default 8474; 0 picks a free one)")
-    parser.add_argument("--config", "-config", default=None,
-                        help="JSON file of proxies to create on startup")
-    parser.add_argument("--seed", "-seed", type=int, default=None,
-                        help="seed for toxicity, jitter and slicer randomness")
-    parser.add_argument("--version", "-version", action="store_true",
-                        help="print the version and exit")
+    parser.add_argument(
+        "--host",
+        "-host",
+        default="localhost",
+        help="host for the HTTP API to listen on (default localhost)",
+    )
+    parser.add_argument(
+        "--port",
+        "-port",
+        type=int,
+        default=8474,
+        help="port for the HTTP API (default 8474; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--config", "-config", default=None, help="JSON file of proxies to create on startup"
+    )
+    parser.add_argument(
+        "--seed",
+        "-seed",
+        type=int,
+        default=None,
+        help="seed for toxicity, jitter and slicer randomness",
+    )
+    parser.add_argument(
+        "--version", "-version", action="store_true", help="print the version and exit"
+    )
     args = parser.parse_args(argv)
     if args.version:
         print(f"toxiproxy-server version {VERSION}")

@@ -28,8 +28,9 @@ def json_response(value: Any, status: int = 200) -> Response:
 def error_response(err: errors.ApiError) -> Response:
     # Upstream writes the JSON through http.Error, which makes it text/plain with a newline.
     body = (json.dumps(err.to_json(), separators=(",", ":")) + "\n").encode()
-    return Response(err.status, body, "text/plain; charset=utf-8",
-                    {"X-Content-Type-Options": "nosniff"})
+    return Response(
+        err.status, body, "text/plain; charset=utf-8", {"X-Content-Type-Options": "nosniff"}
+    )
 
 
 Route = Callable[[Request, list[str]], Awaitable[Response]]
@@ -45,13 +46,25 @@ class Api:
             (("reset",), {"POST": self.reset}),
             (("proxies",), {"GET": self.proxy_index, "POST": self.proxy_create}),
             (("populate",), {"POST": self.populate}),
-            (("proxies", "*"), {"GET": self.proxy_show, "POST": self.proxy_update,
-                                "PATCH": self.proxy_update, "DELETE": self.proxy_delete}),
+            (
+                ("proxies", "*"),
+                {
+                    "GET": self.proxy_show,
+                    "POST": self.proxy_update,
+                    "PATCH": self.proxy_update,
+                    "DELETE": self.proxy_delete,
+                },
+            ),
             (("proxies", "*", "toxics"), {"GET": self.toxic_index, "POST": self.toxic_create}),
-            (("proxies", "*", "toxics", "*"), {"GET": self.toxic_show,
-                                               "POST": self.toxic_update,
-                                               "PATCH": self.toxic_update,
-                                               "DELETE": self.toxic_delete}),
+            (
+                ("proxies", "*", "toxics", "*"),
+                {
+                    "GET": self.toxic_show,
+                    "POST": self.toxic_update,
+                    "PATCH": self.toxic_update,
+                    "DELETE": self.toxic_delete,
+                },
+            ),
             (("version",), {"GET": self.version}),
         ]
 

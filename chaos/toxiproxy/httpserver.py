@@ -52,7 +52,7 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes:
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        parts = []
+        parts: list[bytes] = []
         total = 0
         while True:
             size_line = (await _read_line(reader)).split(b";", 1)[0].strip()

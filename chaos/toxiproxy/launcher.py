@@ -120,8 +120,7 @@ def start_toxiproxy(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
         stdout = subprocess.PIPE
-    process = subprocess.Popen(cmd, stdout=stdout, stderr=log, env=env,
-                               stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(cmd, stdout=stdout, stderr=log, env=env, stdin=subprocess.DEVNULL)
     handle = ToxiproxyHandle(host, port, process.pid, binary is None, process)
     try:
         if binary is None:

@@ -291,4 +291,3 @@ class ToxicWrapper:
             "stream": self.stream,
             "toxicity": self.toxicity,
         }
-
