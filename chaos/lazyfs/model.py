@@ -1,0 +1,465 @@
+"""LazyFS's durability model, independent of FUSE (``fs.py`` is the FUSE glue).
+
+Two views of one tree:
+  - the *current* view (what a running process sees: the page cache) lives in memory as a tree
+    of ``Inode`` objects: directory entries, file sizes and dirty 4 KiB pages;
+  - the *durable* image is the backing directory itself: after a crash, exactly what is there
+    comes back.
+
+A file's data reaches the backing file only on ``fsync``/``fdatasync`` of that file. A
+directory entry change (create, mkdir, unlink, rmdir, rename) is queued as a pending op and
+reaches the backing tree only on ``fsync`` of a directory it touches; so "write temp, fsync,
+rename" without fsyncing the directory loses the rename, as POSIX allows.
+
+Backing inodes: every file that has durable data has a hard link ``STAGE/i/<ino>`` (STAGE is a
+hidden folder of the backing root), and its names in the tree are further hard links, so a
+file can be durable while no durable name points at it (created and fsynced, directory not
+fsynced) and survive a durable unlink while still open. A directory not durably linked keeps
+its durable entries in ``STAGE/d/<ino>``. A crash wipes STAGE: what no durable name reaches
+is gone, as on a real disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import stat
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+PAGE = 4096
+STAGE = ".lazyfs-staging"
+HIDDEN = ".fuse_hidden"
+MAX_OPEN_BACKING = 128  # backing fds kept open between calls; a broker may hold many segments
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class Inode:
+    def __init__(self, ino: int, is_dir: bool, mode: int) -> None:
+        self.ino = ino
+        self.is_dir = is_dir
+        self.mode = mode  # with the S_IF* type bits
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        now = time.time_ns()
+        self.atime = self.mtime = self.ctime = now
+        self.nlink = 0  # names in the current view
+        self.opens = 0  # open handles
+        self.refs = 0  # pending ops naming this inode: keeps its backing until they are applied
+        # directories
+        self.entries: dict[str, Inode] = {}
+        self.hidden: dict[str, Inode] = {}  # libfuse's .fuse_hidden* names of open unlinked files
+        self.parent: Inode | None = None  # current view, to refuse moving a dir into itself
+        self.dparent: Inode | None = None  # durable parent; None: backing is STAGE/d/<ino>
+        self.dname = ""
+        # files: size in the current view, dirty pages, and what the backing file holds
+        self.size = 0
+        self.pages: dict[int, bytearray] = {}
+        self.has_backing = False
+        self.bsize = 0  # size of the backing file
+        self.bvalid = 0  # backing bytes still part of the current content (<= size; truncate)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.pages) or self.size != self.bsize or self.bvalid != self.bsize
+
+
+@dataclass
+class Op:
+    """A pending directory-entry change. ``dirs`` are the directories whose fsync makes it
+    durable; ``target`` the inode named; ``replaced`` what a rename overwrote."""
+
+    kind: str  # link | unlink | rename
+    dirs: tuple[Inode, ...]
+    names: tuple[str, ...]
+    target: Inode
+    replaced: Inode | None = None
+
+    def inodes(self) -> list[Inode]:
+        out = [*self.dirs, self.target]
+        return [*out, self.replaced] if self.replaced is not None else out
+
+
+class Model:
+    def __init__(self, backing: str) -> None:
+        self.backing = os.path.abspath(backing)
+        self.stage = os.path.join(self.backing, STAGE)
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._load()
+
+    # ----- loading the durable image (start and crash) -----
+
+    def _load(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        shutil.rmtree(self.stage, ignore_errors=True)
+        os.makedirs(os.path.join(self.stage, "i"))
+        os.makedirs(os.path.join(self.stage, "d"))
+        self._next = 1
+        self.pending: list[Op] = []
+        self.root = self._new(True, stat.S_IFDIR | (os.stat(self.backing).st_mode & 0o7777))
+        self.root.nlink = 1
+        self._scan(self.root, self.backing, {})
+
+    def _new(self, is_dir: bool, mode: int) -> Inode:
+        node = Inode(self._next, is_dir, mode)
+        self._next += 1
+        return node
+
+    def _scan(self, d: Inode, path: str, seen: dict[int, Inode]) -> None:
+        for entry in os.scandir(path):
+            if d is self.root and entry.name == STAGE:
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                sub = self._new(True, st.st_mode)
+                sub.parent, sub.dparent, sub.dname, sub.nlink = d, d, entry.name, 1
+                self._scan(sub, entry.path, seen)
+            elif stat.S_ISREG(st.st_mode):
+                sub = seen.get(st.st_ino)  # hard links in the image share one inode
+                if sub is None:
+                    sub = seen[st.st_ino] = self._new(False, st.st_mode)
+                    os.link(entry.path, self._file_bpath(sub))
+                    sub.has_backing = True
+                    sub.size = sub.bsize = sub.bvalid = st.st_size
+                sub.nlink += 1
+            else:
+                continue  # symlinks, fifos: not supported, left out of the view
+            sub.mtime, sub.ctime = st.st_mtime_ns, st.st_ctime_ns
+            d.entries[entry.name] = sub
+
+    # ----- the current view: lookups and directory entries -----
+
+    def lookup(self, path: str) -> Inode:
+        node = self.root
+        for part in path.split("/"):
+            if not part:
+                continue
+            if not node.is_dir:
+                raise _err(errno.ENOTDIR)
+            child = node.entries.get(part) or node.hidden.get(part)
+            if child is None:
+                raise _err(errno.ENOENT)
+            node = child
+        return node
+
+    def _split(self, path: str) -> tuple[Inode, str]:
+        head, _, name = path.rstrip("/").rpartition("/")
+        parent = self.lookup(head)
+        if not parent.is_dir:
+            raise _err(errno.ENOTDIR)
+        if not name or name in (".", "..") or (parent is self.root and name == STAGE):
+            raise _err(errno.EINVAL)
+        return parent, name
+
+    def _queue(self, op: Op) -> None:
+        for node in op.inodes():
+            node.refs += 1
+        self.pending.append(op)
+
+    def create(self, path: str, mode: int, is_dir: bool = False) -> Inode:
+        parent, name = self._split(path)
+        if name in parent.entries:
+            raise _err(errno.EEXIST)
+        node = self._new(is_dir, (stat.S_IFDIR if is_dir else stat.S_IFREG) | (mode & 0o7777))
+        node.nlink = 1
+        node.parent = parent if is_dir else None
+        parent.entries[name] = node
+        parent.mtime = node.mtime
+        self._queue(Op("link", (parent,), (name,), node))
+        return node
+
+    def remove(self, path: str, is_dir: bool) -> None:
+        parent, name = self._split(path)
+        if parent.hidden.pop(name, None) is not None:
+            return  # its unlink was queued when libfuse hid it
+        node = parent.entries.get(name)
+        if node is None:
+            raise _err(errno.ENOENT)
+        if node.is_dir != is_dir:
+            raise _err(errno.EISDIR if node.is_dir else errno.ENOTDIR)
+        if is_dir and node.entries:
+            raise _err(errno.ENOTEMPTY)
+        del parent.entries[name]
+        node.nlink -= 1
+        parent.mtime = node.ctime = time.time_ns()
+        self._queue(Op("unlink", (parent,), (name,), node))
+
+    def rename(self, old: str, new: str, noreplace: bool = False) -> None:
+        sdir, sname = self._split(old)
+        node = sdir.entries.get(sname)
+        if node is None:
+            raise _err(errno.ENOENT)
+        ddir, dname = self._split(new)
+        if dname.startswith(HIDDEN) and ddir is sdir:
+            # libfuse unlinking an open file (fstat on it must keep working, so no hard_remove):
+            # an unlink as far as durability goes, with a name only libfuse uses
+            self.remove(old, node.is_dir)
+            sdir.hidden[dname] = node
+            return
+        old_node = ddir.entries.get(dname)
+        if old_node is node:
+            return
+        if old_node is not None:
+            if noreplace:
+                raise _err(errno.EEXIST)
+            if old_node.is_dir and not node.is_dir:
+                raise _err(errno.EISDIR)
+            if node.is_dir and not old_node.is_dir:
+                raise _err(errno.ENOTDIR)
+            if old_node.is_dir and old_node.entries:
+                raise _err(errno.ENOTEMPTY)
+        if node.is_dir:
+            walk: Inode | None = ddir
+            while walk is not None:
+                if walk is node:
+                    raise _err(errno.EINVAL)
+                walk = walk.parent
+            node.parent = ddir
+        del sdir.entries[sname]
+        ddir.entries[dname] = node
+        if old_node is not None:
+            old_node.nlink -= 1
+        sdir.mtime = ddir.mtime = node.ctime = time.time_ns()
+        dirs = (sdir,) if sdir is ddir else (sdir, ddir)
+        self._queue(Op("rename", dirs, (sname, dname), node, old_node))
+
+    # ----- file data: dirty pages over the backing file -----
+
+    def _file_bpath(self, f: Inode) -> str:
+        return os.path.join(self.stage, "i", str(f.ino))
+
+    def _bfd(self, f: Inode) -> int:
+        fd = self._fds.get(f.ino)
+        if fd is not None:
+            self._fds.move_to_end(f.ino)
+            return fd
+        if not f.has_backing:
+            # created on first need with the file's mode; O_EXCL: a stale link would be a bug
+            fd = os.open(self._file_bpath(f), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.fchmod(fd, f.mode & 0o7777)
+            f.has_backing = True
+        else:
+            fd = os.open(self._file_bpath(f), os.O_RDWR)
+        self._fds[f.ino] = fd
+        if len(self._fds) > MAX_OPEN_BACKING:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _close_bfd(self, f: Inode) -> None:
+        fd = self._fds.pop(f.ino, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _page(self, f: Inode, n: int) -> bytearray:
+        page = f.pages.get(n)
+        if page is None:
+            page = bytearray(PAGE)
+            start = n * PAGE
+            if f.has_backing and start < f.bvalid:
+                data = os.pread(self._bfd(f), min(PAGE, f.bvalid - start), start)
+                page[: len(data)] = data
+            f.pages[n] = page
+        return page
+
+    def read(self, f: Inode, size: int, offset: int) -> bytes:
+        end = min(offset + size, f.size)
+        if offset >= end:
+            return b""
+        buf = bytearray(end - offset)
+        bend = min(end, f.bvalid)
+        if f.has_backing and offset < bend:
+            data = os.pread(self._bfd(f), bend - offset, offset)
+            buf[: len(data)] = data
+        for n in range(offset // PAGE, (end - 1) // PAGE + 1):
+            page = f.pages.get(n)
+            if page is not None:
+                lo, hi = max(offset, n * PAGE), min(end, (n + 1) * PAGE)
+                buf[lo - offset : hi - offset] = page[lo - n * PAGE : hi - n * PAGE]
+        return bytes(buf)
+
+    def write(self, f: Inode, data: bytes, offset: int) -> int:
+        pos, view = offset, memoryview(data)
+        while view:
+            n, at = divmod(pos, PAGE)
+            chunk = min(len(view), PAGE - at)
+            self._page(f, n)[at : at + chunk] = view[:chunk]
+            view, pos = view[chunk:], pos + chunk
+        f.size = max(f.size, offset + len(data))
+        f.mtime = f.ctime = time.time_ns()
+        return len(data)
+
+    def truncate(self, f: Inode, length: int) -> None:
+        if f.is_dir:
+            raise _err(errno.EISDIR)
+        if length < f.size:
+            for n in [n for n in f.pages if n * PAGE >= length]:
+                del f.pages[n]
+            tail = f.pages.get(length // PAGE)
+            if tail is not None:  # a later extension must read zeros, not the old bytes
+                tail[length % PAGE :] = bytes(PAGE - length % PAGE)
+            f.bvalid = min(f.bvalid, length)
+        f.size = length
+        f.mtime = f.ctime = time.time_ns()
+
+    def fsync(self, f: Inode) -> None:
+        """fsync and fdatasync alike: the file's data and size become durable."""
+        if f.is_dir:
+            self.fsync_dir(f)
+            return
+        if f.has_backing and not f.dirty:
+            return
+        fd = self._bfd(f)
+        os.ftruncate(fd, f.bvalid)  # bytes truncated away must not come back on extension
+        for n in sorted(f.pages):
+            count = min(PAGE, f.size - n * PAGE)
+            if count > 0:
+                os.pwrite(fd, f.pages[n][:count], n * PAGE)
+        os.ftruncate(fd, f.size)
+        os.fsync(fd)
+        f.pages.clear()
+        f.bsize = f.bvalid = f.size
+
+    # ----- directory fsync: pending entry ops reach the backing tree -----
+
+    def _dir_bpath(self, d: Inode) -> str:
+        if d is self.root:
+            return self.backing
+        if d.dparent is not None:
+            return os.path.join(self._dir_bpath(d.dparent), d.dname)
+        path = os.path.join(self.stage, "d", str(d.ino))
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def fsync_dir(self, d: Inode) -> None:
+        last = max((i for i, op in enumerate(self.pending) if d in op.dirs), default=-1)
+        if last < 0:
+            return
+        # The ops of ``d`` up to the last, plus every earlier op sharing a directory with one
+        # of those (transitively): each directory's ops then reach the image in their order.
+        touched = {id(x) for x in self.pending[last].dirs}
+        chosen = [last]
+        for i in range(last - 1, -1, -1):
+            if any(id(x) in touched for x in self.pending[i].dirs):
+                chosen.append(i)
+                touched.update(id(x) for x in self.pending[i].dirs)
+        chosen.sort()
+        synced: set[str] = set()
+        for i in chosen:
+            synced.update(self._apply(self.pending[i]))
+        chosen_set = set(chosen)
+        done = [op for i, op in enumerate(self.pending) if i in chosen_set]
+        self.pending = [op for i, op in enumerate(self.pending) if i not in chosen_set]
+        for path in synced:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for op in done:
+            for node in op.inodes():
+                node.refs -= 1
+                self.collect(node)
+
+    def _stage_dir(self, d: Inode, path: str) -> None:
+        """A directory losing its durable name keeps its durable entries, now orphans."""
+        os.rename(path, os.path.join(self.stage, "d", str(d.ino)))
+        d.dparent = None
+
+    def _apply(self, op: Op) -> list[str]:
+        node = op.target
+        if op.kind == "rename":
+            src_dir, dst_dir = op.dirs[0], op.dirs[-1]
+            src = os.path.join(self._dir_bpath(src_dir), op.names[0])
+            dst = os.path.join(self._dir_bpath(dst_dir), op.names[1])
+            if op.replaced is not None and op.replaced.is_dir:
+                self._stage_dir(op.replaced, dst)
+            os.replace(src, dst)
+            if node.is_dir:
+                node.dparent, node.dname = dst_dir, op.names[1]
+            return [os.path.dirname(src), os.path.dirname(dst)]
+        where = self._dir_bpath(op.dirs[0])
+        path = os.path.join(where, op.names[0])
+        if op.kind == "unlink":
+            if node.is_dir:
+                self._stage_dir(node, path)
+            else:
+                os.unlink(path)
+        elif node.is_dir:
+            staged = os.path.join(self.stage, "d", str(node.ino))
+            if os.path.isdir(staged):
+                os.rename(staged, path)
+            else:
+                os.mkdir(path, node.mode & 0o7777)
+            node.dparent, node.dname = op.dirs[0], op.names[0]
+        else:
+            self._bfd(node)  # a name made durable before the data: an empty file, as on ext4
+            tmp = os.path.join(self.stage, "link.tmp")
+            os.link(self._file_bpath(node), tmp)
+            os.replace(tmp, path)
+        return [where]
+
+    def collect(self, node: Inode) -> None:
+        """Frees the backing of an inode nothing can reach any more (no name, handle or op)."""
+        if node is self.root or node.nlink > 0 or node.opens > 0 or node.refs > 0:
+            return
+        if node.is_dir:
+            if node.dparent is None:
+                shutil.rmtree(os.path.join(self.stage, "d", str(node.ino)), ignore_errors=True)
+        elif node.has_backing:
+            self._close_bfd(node)
+            os.unlink(self._file_bpath(node))
+            node.has_backing = False
+        node.pages.clear()
+
+    # ----- the control commands -----
+
+    def sync_all(self) -> None:
+        while self.pending:
+            self.fsync_dir(self.pending[-1].dirs[0])
+        for f in self._files():
+            self.fsync(f)
+
+    def _files(self) -> list[Inode]:
+        out, todo = [], [self.root]
+        while todo:
+            for child in todo.pop().entries.values():
+                (todo if child.is_dir else out).append(child)
+        return out
+
+    def crash(self, torn_seed: int | None = None) -> dict[str, int]:
+        """Loses everything not durable. With ``torn_seed``, each file first keeps a random
+        prefix (in offset order) of its dirty pages, as a writeback cut short would."""
+        lost_pages = sum(len(f.pages) for f in self._files())
+        lost_ops = len(self.pending)
+        kept = 0
+        if torn_seed is not None:
+            rng = random.Random(torn_seed)
+            for f in self._files():
+                if not f.pages or not f.has_backing:
+                    continue
+                pages = sorted(f.pages)[: rng.randint(0, len(f.pages))]
+                fd = self._bfd(f)
+                for n in pages:
+                    count = min(PAGE, f.size - n * PAGE)
+                    if count > 0:
+                        os.pwrite(fd, f.pages[n][:count], n * PAGE)
+                        kept += 1
+                os.fsync(fd)
+        self._load()
+        return {"lost_pages": lost_pages - kept, "torn_pages_kept": kept, "lost_ops": lost_ops}
+
+    def status(self) -> dict[str, int]:
+        files = self._files()
+        return {
+            "pending_ops": len(self.pending),
+            "dirty_files": sum(1 for f in files if f.dirty),
+            "dirty_pages": sum(len(f.pages) for f in files),
+        }
