@@ -65,6 +65,7 @@ WORKLOAD_FS: dict[str, frozenset[str]] = {
 
 _KNOWN = ("topic", "partition", "offset", "key", "node", "final", "error")
 _REQUIRED = ("process", "type", "f", "time")
+_ALL_KEYS = frozenset((*_REQUIRED, "value", *_KNOWN))
 
 
 class HistoryError(Exception):
@@ -172,11 +173,13 @@ def _op_from_obj(obj: Any, line: int, text: str) -> Op:
         raise MalformedLine(line, "f must be a non-empty string", text)
     if isinstance(t, bool) or not isinstance(t, int):
         raise MalformedLine(line, "time must be an integer (monotonic ns)", text)
-    for name in ("partition", "offset"):
-        v = obj.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            raise MalformedLine(line, f"{name} must be an integer", text)
-    extra = {k: v for k, v in obj.items() if k not in _REQUIRED and k != "value" and k not in _KNOWN}
+    partition, offset = obj.get("partition"), obj.get("offset")
+    if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int)):
+        raise MalformedLine(line, "partition must be an integer", text)
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)):
+        raise MalformedLine(line, "offset must be an integer", text)
+    # The subset test runs in C; the comprehension only for the rare line with extra keys.
+    extra = {} if obj.keys() <= _ALL_KEYS else {k: v for k, v in obj.items() if k not in _ALL_KEYS}
     return Op(
         process=process,
         type=typ,
@@ -184,8 +187,8 @@ def _op_from_obj(obj: Any, line: int, text: str) -> Op:
         value=obj.get("value"),
         time=t,
         topic=obj.get("topic"),
-        partition=obj.get("partition"),
-        offset=obj.get("offset"),
+        partition=partition,
+        offset=offset,
         key=obj.get("key"),
         node=obj.get("node"),
         final=bool(obj.get("final", False)),
