@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from chaos.lazyfs.mount import fuse_unavailable_reason, send
@@ -33,7 +34,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backing", required=True, help="the durable image (a directory)")
     parser.add_argument("--control", help="Unix socket for ping/status/sync/crash")
     parser.add_argument("--debug", action="store_true", help="libfuse's request trace")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log every error a callback returns, with traceback"
+    )
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     reason = fuse_unavailable_reason()
     if reason is not None:
         print(f"lazyfs: FUSE is not usable here: {reason}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The FUSE side of LazyFS: mfusepy callbacks over ``model.Model``, and the control socket.
 
-Every callback takes one lock: the model is a plain data structure, and the kernel may send
+Every callback takes one mutex (named so: an attribute called ``lock`` would be taken for
+FUSE's POSIX-lock callback): the model is a plain data structure, and the kernel may send
 requests from several libfuse threads while the control socket asks for a crash.
 
 Kernel caching is switched off (``direct_io``, zero entry/attr/negative timeouts): after a
@@ -35,7 +36,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def locked(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: LazyOps, *args: Any) -> Any:
-        with self.lock:
+        with self._mutex:
             return method(self, *args)
 
     return wrapper  # type: ignore[return-value]
@@ -45,7 +46,7 @@ class LazyOps(mfusepy.Operations):
     use_ns = True
 
     def __init__(self, backing: str, control: str | None) -> None:
-        self.lock = threading.RLock()
+        self._mutex = threading.RLock()
         self.model = Model(backing)
         self.control = control
         self.handles: dict[int, tuple[Inode, int]] = {}  # fh -> (inode, open flags)
@@ -72,7 +73,7 @@ class LazyOps(mfusepy.Operations):
 
     def destroy(self, path: str) -> None:
         # a clean unmount writes everything back, as an OS does at shutdown
-        with self.lock:
+        with self._mutex:
             try:
                 self.model.sync_all()
             except OSError:
@@ -303,7 +304,7 @@ class LazyOps(mfusepy.Operations):
         if not words:
             return {"ok": False, "error": "empty command"}
         cmd, args = words[0], words[1:]
-        with self.lock:
+        with self._mutex:
             if cmd == "ping":
                 return {"ok": True}
             if cmd == "status":

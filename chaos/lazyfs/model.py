@@ -70,7 +70,7 @@ class Inode:
         return bool(self.pages) or self.size != self.bsize or self.bvalid != self.bsize
 
 
-@dataclass
+@dataclass(eq=False)
 class Op:
     """A pending directory-entry change. ``dirs`` are the directories whose fsync makes it
     durable; ``target`` the inode named; ``replaced`` what a rename overwrote."""
@@ -351,60 +351,78 @@ class Model:
                 chosen.append(i)
                 touched.update(id(x) for x in self.pending[i].dirs)
         chosen.sort()
-        synced: set[str] = set()
-        for i in chosen:
-            synced.update(self._apply(self.pending[i]))
         chosen_set = set(chosen)
         done = [op for i, op in enumerate(self.pending) if i in chosen_set]
         self.pending = [op for i, op in enumerate(self.pending) if i not in chosen_set]
-        for path in synced:
+        for op in done:
+            self._apply(op)
+        # fsync the backing folders so the image also outlives a host crash; their paths are
+        # taken now, since a later op of the batch may have renamed one
+        for path in {self._dir_bpath(x) for op in done for x in op.dirs}:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        for op in done:
+        # Ops that only touch removed, unreachable directories can never show in the image:
+        # dropping them frees what they hold (a deleted topic's segments, say) before a crash.
+        dead = [op for op in self.pending if all(self._dead(x) for x in op.dirs)]
+        if dead:
+            self.pending = [op for op in self.pending if op not in dead]
+        for op in done + dead:
             for node in op.inodes():
                 node.refs -= 1
                 self.collect(node)
+
+    def _dead(self, d: Inode) -> bool:
+        """Removed from the view, not open, and durably nowhere or inside a dead directory."""
+        if d is self.root or d.nlink > 0 or d.opens > 0:
+            return False
+        return d.dparent is None or self._dead(d.dparent)
 
     def _stage_dir(self, d: Inode, path: str) -> None:
         """A directory losing its durable name keeps its durable entries, now orphans."""
         os.rename(path, os.path.join(self.stage, "d", str(d.ino)))
         d.dparent = None
 
-    def _apply(self, op: Op) -> list[str]:
+    def _apply(self, op: Op) -> None:
         node = op.target
         if op.kind == "rename":
             src_dir, dst_dir = op.dirs[0], op.dirs[-1]
             src = os.path.join(self._dir_bpath(src_dir), op.names[0])
             dst = os.path.join(self._dir_bpath(dst_dir), op.names[1])
-            if op.replaced is not None and op.replaced.is_dir:
+            if op.replaced is not None and op.replaced.is_dir and os.path.isdir(dst):
                 self._stage_dir(op.replaced, dst)
-            os.replace(src, dst)
-            if node.is_dir:
-                node.dparent, node.dname = dst_dir, op.names[1]
-            return [os.path.dirname(src), os.path.dirname(dst)]
+            if os.path.lexists(src):
+                os.replace(src, dst)
+                if node.is_dir:
+                    node.dparent, node.dname = dst_dir, op.names[1]
+            else:  # its source name was in a dropped dead directory: the rename only links
+                self._link(node, dst_dir, dst)
+            return
         where = self._dir_bpath(op.dirs[0])
         path = os.path.join(where, op.names[0])
-        if op.kind == "unlink":
-            if node.is_dir:
-                self._stage_dir(node, path)
-            else:
-                os.unlink(path)
+        if op.kind == "link":
+            self._link(node, op.dirs[0], path)
         elif node.is_dir:
+            if os.path.isdir(path):
+                self._stage_dir(node, path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+
+    def _link(self, node: Inode, d: Inode, path: str) -> None:
+        if node.is_dir:
             staged = os.path.join(self.stage, "d", str(node.ino))
             if os.path.isdir(staged):
                 os.rename(staged, path)
             else:
                 os.mkdir(path, node.mode & 0o7777)
-            node.dparent, node.dname = op.dirs[0], op.names[0]
+            node.dparent, node.dname = d, os.path.basename(path)
         else:
             self._bfd(node)  # a name made durable before the data: an empty file, as on ext4
             tmp = os.path.join(self.stage, "link.tmp")
             os.link(self._file_bpath(node), tmp)
             os.replace(tmp, path)
-        return [where]
 
     def collect(self, node: Inode) -> None:
         """Frees the backing of an inode nothing can reach any more (no name, handle or op)."""

@@ -61,7 +61,10 @@ def send(control: str, *words: str, timeout: float = 30.0) -> dict[str, Any]:
 class LazyFS:
     """A LazyFS mount served by a child process (``python -m chaos.lazyfs``)."""
 
-    def __init__(self, mountpoint: str, backing: str, control: str | None = None) -> None:
+    def __init__(
+        self, mountpoint: str, backing: str, control: str | None = None, verbose: bool = False
+    ) -> None:
+        self.verbose = verbose
         self.mountpoint = os.path.abspath(mountpoint)
         self.backing = os.path.abspath(backing)
         self._tmp = None
@@ -96,6 +99,7 @@ class LazyFS:
                     self.backing,
                     "--control",
                     self.control,
+                    *(["--verbose"] if self.verbose else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
