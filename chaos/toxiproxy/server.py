@@ -34,8 +34,18 @@ async def run(host: str, port: int, config: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGUSR1 prints every task's stack to stderr: how to see where a stuck proxy waits.
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     try:
         await stop.wait()
     finally:
         server.close()
         await api.collection.shutdown()
+
+
+def dump_tasks() -> None:
+    tasks = asyncio.all_tasks()
+    print(f"toxiproxy: {len(tasks)} tasks", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(limit=8, file=sys.stderr)
+    sys.stderr.flush()

@@ -26,7 +26,9 @@ from toxiproxy.exceptions import InvalidToxic, NotFound, ProxyExists
 
 from chaos.toxiproxy.launcher import REPO_ROOT, ToxiproxyHandle, start_toxiproxy
 
-WAIT = 5.0  # bound on any single wait for data or a close
+# Bound on any single wait for data, a close or an API answer. Generous because on a shared
+# machine a process may be paused for seconds; passing runs never wait this long.
+WAIT = 30.0
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -77,8 +79,17 @@ def echo(echo_server: _EchoServer) -> str:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ToxiproxyHandle]:
-    with start_toxiproxy("127.0.0.1", 0, bundled=True) as handle:
+    with start_toxiproxy("127.0.0.1", 0, bundled=True, ready_timeout=WAIT) as handle:
         yield handle
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bounded_api_calls() -> Iterator[None]:
+    # toxiproxy-python passes no timeout to requests; the default socket timeout bounds it.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(WAIT)
+    yield
+    socket.setdefaulttimeout(previous)
 
 
 @pytest.fixture
@@ -470,7 +481,7 @@ def test_launcher_prefers_binary_on_path(tmp_path, monkeypatch) -> None:
     )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
-    handle = start_toxiproxy("127.0.0.1", 0)
+    handle = start_toxiproxy("127.0.0.1", 0, ready_timeout=WAIT)
     try:
         assert not handle.bundled
         assert requests.get(handle.url + "/version", timeout=WAIT).status_code == 200
