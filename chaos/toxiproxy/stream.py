@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -59,12 +58,16 @@ class Chan:
                 fut.set_result(None)
         self._waiters.clear()
 
-    async def _wait(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
+    async def _wait(self, timeout: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._waiters.append(fut)
+        timer = None if timeout is None else loop.call_later(timeout, _wake, fut)
         try:
             await fut
         finally:
+            if timer is not None:
+                timer.cancel()
             if fut in self._waiters:
                 self._waiters.remove(fut)
 
@@ -82,11 +85,23 @@ class Chan:
         self._items.append(item)
         self._notify()
 
-    async def get(self) -> Chunk | None:
+    async def get(self, timeout: float | None = None) -> Chunk | None:
+        """The next chunk, None once closed and drained; TimeoutError after ``timeout`` s.
+
+        The timeout is built in rather than taken from asyncio.wait_for, which on Python 3.11
+        can swallow a cancellation that arrives as the get completes: an interrupt would
+        then wait forever for the stage to stop."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         while not self._items:
             if self._closed:
                 return None
-            await self._wait()
+            if deadline is None:
+                await self._wait()
+            else:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise TimeoutError
+                await self._wait(left)
         item = self._items.popleft()
         self._notify()
         return item
@@ -101,7 +116,9 @@ class Chan:
         return items
 
 
-PipeFn = Callable[["Stage"], Awaitable[None]]
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class Stage:

@@ -132,15 +132,12 @@ class TimeoutToxic(Toxic):
     async def pipe(self, stage: Stage) -> None:
         timeout = self.timeout / 1000.0
         while True:
-            if timeout > 0:
-                # A fresh timer per received chunk, as upstream's select on time.After.
-                try:
-                    chunk = await asyncio.wait_for(stage.inq.get(), timeout)
-                except TimeoutError:
-                    stage.close()
-                    return
-            else:
-                chunk = await stage.inq.get()
+            # A fresh timer per received chunk, as upstream's select on time.After.
+            try:
+                chunk = await stage.inq.get(timeout if timeout > 0 else None)
+            except TimeoutError:
+                stage.close()
+                return
             if chunk is None:
                 stage.close()
                 return

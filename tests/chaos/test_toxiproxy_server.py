@@ -7,6 +7,7 @@ every wait is bounded by a socket timeout or a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -471,6 +472,27 @@ def test_reset_enables_all_and_removes_toxics(server, toxi, echo) -> None:
     for proxy in (first, second):
         with connect(proxy) as sock:
             echo_time(sock, b"clean")
+
+
+def test_interrupt_is_never_swallowed_by_a_completing_get() -> None:
+    # The race behind Python 3.11's wait_for bug: a chunk arrives and the stage is cancelled
+    # in the same loop iteration. The get must end cancelled (or an interrupt would wait for
+    # ever) and the chunk must stay queued for whoever reads next.
+    from chaos.toxiproxy.stream import Chan, Chunk
+
+    async def scenario() -> None:
+        chan = Chan()
+        getter = asyncio.ensure_future(chan.get(timeout=60))
+        await asyncio.sleep(0)  # let it park on the channel
+        await chan.put(Chunk(b"x", 0.0))
+        getter.cancel()
+        await asyncio.wait([getter])
+        assert getter.cancelled()
+        assert chan.take_all() == [Chunk(b"x", 0.0)]
+        with pytest.raises(TimeoutError):
+            await chan.get(timeout=0.01)
+
+    asyncio.run(scenario())
 
 
 def test_launcher_prefers_binary_on_path(tmp_path, monkeypatch) -> None:
