@@ -28,65 +28,13 @@ import shutil
 import stat
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
-PAGE = 4096
-STAGE = ".lazyfs-staging"
-HIDDEN = ".fuse_hidden"
-MAX_OPEN_BACKING = 128  # backing fds kept open between calls; a broker may hold many segments
+from chaos.lazyfs.data import PAGE, STAGE, FileData, Inode, Op, err
+
+HIDDEN = ".fuse_hidden"  # libfuse's names for open files that were unlinked
 
 
-def _err(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
-
-
-class Inode:
-    def __init__(self, ino: int, is_dir: bool, mode: int) -> None:
-        self.ino = ino
-        self.is_dir = is_dir
-        self.mode = mode  # with the S_IF* type bits
-        self.uid = os.getuid()
-        self.gid = os.getgid()
-        now = time.time_ns()
-        self.atime = self.mtime = self.ctime = now
-        self.nlink = 0  # names in the current view
-        self.opens = 0  # open handles
-        self.refs = 0  # pending ops naming this inode: keeps its backing until they are applied
-        # directories
-        self.entries: dict[str, Inode] = {}
-        self.hidden: dict[str, Inode] = {}  # libfuse's .fuse_hidden* names of open unlinked files
-        self.parent: Inode | None = None  # current view, to refuse moving a dir into itself
-        self.dparent: Inode | None = None  # durable parent; None: backing is STAGE/d/<ino>
-        self.dname = ""
-        # files: size in the current view, dirty pages, and what the backing file holds
-        self.size = 0
-        self.pages: dict[int, bytearray] = {}
-        self.has_backing = False
-        self.bsize = 0  # size of the backing file
-        self.bvalid = 0  # backing bytes still part of the current content (<= size; truncate)
-
-    @property
-    def dirty(self) -> bool:
-        return bool(self.pages) or self.size != self.bsize or self.bvalid != self.bsize
-
-
-@dataclass(eq=False)
-class Op:
-    """A pending directory-entry change. ``dirs`` are the directories whose fsync makes it
-    durable; ``target`` the inode named; ``replaced`` what a rename overwrote."""
-
-    kind: str  # link | unlink | rename
-    dirs: tuple[Inode, ...]
-    names: tuple[str, ...]
-    target: Inode
-    replaced: Inode | None = None
-
-    def inodes(self) -> list[Inode]:
-        out = [*self.dirs, self.target]
-        return [*out, self.replaced] if self.replaced is not None else out
-
-
-class Model:
+class Model(FileData):
     def __init__(self, backing: str) -> None:
         self.backing = os.path.abspath(backing)
         self.stage = os.path.join(self.backing, STAGE)
@@ -143,10 +91,10 @@ class Model:
             if not part:
                 continue
             if not node.is_dir:
-                raise _err(errno.ENOTDIR)
+                raise err(errno.ENOTDIR)
             child = node.entries.get(part) or node.hidden.get(part)
             if child is None:
-                raise _err(errno.ENOENT)
+                raise err(errno.ENOENT)
             node = child
         return node
 
@@ -154,9 +102,9 @@ class Model:
         head, _, name = path.rstrip("/").rpartition("/")
         parent = self.lookup(head)
         if not parent.is_dir:
-            raise _err(errno.ENOTDIR)
+            raise err(errno.ENOTDIR)
         if not name or name in (".", "..") or (parent is self.root and name == STAGE):
-            raise _err(errno.EINVAL)
+            raise err(errno.EINVAL)
         return parent, name
 
     def _queue(self, op: Op) -> None:
@@ -167,7 +115,7 @@ class Model:
     def create(self, path: str, mode: int, is_dir: bool = False) -> Inode:
         parent, name = self._split(path)
         if name in parent.entries:
-            raise _err(errno.EEXIST)
+            raise err(errno.EEXIST)
         node = self._new(is_dir, (stat.S_IFDIR if is_dir else stat.S_IFREG) | (mode & 0o7777))
         node.nlink = 1
         node.parent = parent if is_dir else None
@@ -182,11 +130,11 @@ class Model:
             return  # its unlink was queued when libfuse hid it
         node = parent.entries.get(name)
         if node is None:
-            raise _err(errno.ENOENT)
+            raise err(errno.ENOENT)
         if node.is_dir != is_dir:
-            raise _err(errno.EISDIR if node.is_dir else errno.ENOTDIR)
+            raise err(errno.EISDIR if node.is_dir else errno.ENOTDIR)
         if is_dir and node.entries:
-            raise _err(errno.ENOTEMPTY)
+            raise err(errno.ENOTEMPTY)
         del parent.entries[name]
         node.nlink -= 1
         parent.mtime = node.ctime = time.time_ns()
@@ -196,7 +144,7 @@ class Model:
         sdir, sname = self._split(old)
         node = sdir.entries.get(sname)
         if node is None:
-            raise _err(errno.ENOENT)
+            raise err(errno.ENOENT)
         ddir, dname = self._split(new)
         if dname.startswith(HIDDEN) and ddir is sdir:
             # libfuse unlinking an open file (fstat on it must keep working, so no hard_remove):
@@ -209,18 +157,18 @@ class Model:
             return
         if old_node is not None:
             if noreplace:
-                raise _err(errno.EEXIST)
+                raise err(errno.EEXIST)
             if old_node.is_dir and not node.is_dir:
-                raise _err(errno.EISDIR)
+                raise err(errno.EISDIR)
             if node.is_dir and not old_node.is_dir:
-                raise _err(errno.ENOTDIR)
+                raise err(errno.ENOTDIR)
             if old_node.is_dir and old_node.entries:
-                raise _err(errno.ENOTEMPTY)
+                raise err(errno.ENOTEMPTY)
         if node.is_dir:
             walk: Inode | None = ddir
             while walk is not None:
                 if walk is node:
-                    raise _err(errno.EINVAL)
+                    raise err(errno.EINVAL)
                 walk = walk.parent
             node.parent = ddir
         del sdir.entries[sname]
@@ -231,101 +179,11 @@ class Model:
         dirs = (sdir,) if sdir is ddir else (sdir, ddir)
         self._queue(Op("rename", dirs, (sname, dname), node, old_node))
 
-    # ----- file data: dirty pages over the backing file -----
-
-    def _file_bpath(self, f: Inode) -> str:
-        return os.path.join(self.stage, "i", str(f.ino))
-
-    def _bfd(self, f: Inode) -> int:
-        fd = self._fds.get(f.ino)
-        if fd is not None:
-            self._fds.move_to_end(f.ino)
-            return fd
-        if not f.has_backing:
-            # created on first need with the file's mode; O_EXCL: a stale link would be a bug
-            fd = os.open(self._file_bpath(f), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            os.fchmod(fd, f.mode & 0o7777)
-            f.has_backing = True
-        else:
-            fd = os.open(self._file_bpath(f), os.O_RDWR)
-        self._fds[f.ino] = fd
-        if len(self._fds) > MAX_OPEN_BACKING:
-            os.close(self._fds.popitem(last=False)[1])
-        return fd
-
-    def _close_bfd(self, f: Inode) -> None:
-        fd = self._fds.pop(f.ino, None)
-        if fd is not None:
-            os.close(fd)
-
-    def _page(self, f: Inode, n: int) -> bytearray:
-        page = f.pages.get(n)
-        if page is None:
-            page = bytearray(PAGE)
-            start = n * PAGE
-            if f.has_backing and start < f.bvalid:
-                data = os.pread(self._bfd(f), min(PAGE, f.bvalid - start), start)
-                page[: len(data)] = data
-            f.pages[n] = page
-        return page
-
-    def read(self, f: Inode, size: int, offset: int) -> bytes:
-        end = min(offset + size, f.size)
-        if offset >= end:
-            return b""
-        buf = bytearray(end - offset)
-        bend = min(end, f.bvalid)
-        if f.has_backing and offset < bend:
-            data = os.pread(self._bfd(f), bend - offset, offset)
-            buf[: len(data)] = data
-        for n in range(offset // PAGE, (end - 1) // PAGE + 1):
-            page = f.pages.get(n)
-            if page is not None:
-                lo, hi = max(offset, n * PAGE), min(end, (n + 1) * PAGE)
-                buf[lo - offset : hi - offset] = page[lo - n * PAGE : hi - n * PAGE]
-        return bytes(buf)
-
-    def write(self, f: Inode, data: bytes, offset: int) -> int:
-        pos, view = offset, memoryview(data)
-        while view:
-            n, at = divmod(pos, PAGE)
-            chunk = min(len(view), PAGE - at)
-            self._page(f, n)[at : at + chunk] = view[:chunk]
-            view, pos = view[chunk:], pos + chunk
-        f.size = max(f.size, offset + len(data))
-        f.mtime = f.ctime = time.time_ns()
-        return len(data)
-
-    def truncate(self, f: Inode, length: int) -> None:
-        if f.is_dir:
-            raise _err(errno.EISDIR)
-        if length < f.size:
-            for n in [n for n in f.pages if n * PAGE >= length]:
-                del f.pages[n]
-            tail = f.pages.get(length // PAGE)
-            if tail is not None:  # a later extension must read zeros, not the old bytes
-                tail[length % PAGE :] = bytes(PAGE - length % PAGE)
-            f.bvalid = min(f.bvalid, length)
-        f.size = length
-        f.mtime = f.ctime = time.time_ns()
-
     def fsync(self, f: Inode) -> None:
-        """fsync and fdatasync alike: the file's data and size become durable."""
         if f.is_dir:
             self.fsync_dir(f)
-            return
-        if f.has_backing and not f.dirty:
-            return
-        fd = self._bfd(f)
-        os.ftruncate(fd, f.bvalid)  # bytes truncated away must not come back on extension
-        for n in sorted(f.pages):
-            count = min(PAGE, f.size - n * PAGE)
-            if count > 0:
-                os.pwrite(fd, f.pages[n][:count], n * PAGE)
-        os.ftruncate(fd, f.size)
-        os.fsync(fd)
-        f.pages.clear()
-        f.bsize = f.bvalid = f.size
+        else:
+            self.fsync_file(f)
 
     # ----- directory fsync: pending entry ops reach the backing tree -----
 
