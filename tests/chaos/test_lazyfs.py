@@ -488,3 +488,15 @@ def test_random_operations_match_a_real_filesystem(lazy: LazyFS, tmp_path: Path)
             lazy.crash()
             shutil.rmtree(ref)
             shutil.copytree(m, ref)
+
+
+def test_ctl_command_line(lazy: LazyFS) -> None:
+    put(Path(lazy.mountpoint) / "f", b"dirty")
+    run = [sys.executable, "-m", "chaos.lazyfs", "ctl", lazy.control]
+    repo = Path(__file__).resolve().parents[2]
+    status = subprocess.run([*run, "status"], capture_output=True, text=True, cwd=repo)
+    assert status.returncode == 0, status.stderr
+    assert '"pending_ops": 1' in status.stdout and '"dirty_pages": 1' in status.stdout
+    crash = subprocess.run([*run, "crash", "5"], capture_output=True, text=True, cwd=repo)
+    assert crash.returncode == 0, crash.stderr
+    assert names(Path(lazy.mountpoint)) == []
