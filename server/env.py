@@ -24,6 +24,7 @@ channels directly (grpc appears there only as status codes, in server/errors.py)
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -88,14 +89,21 @@ class Env:
 class ThreadExecutor:
     """Production executor: lanes are FIFO queues over one shared thread pool.
 
-    A lane has at most one job running; when it finishes, the lane's next job is handed to the
-    pool. So a group's fsyncs complete in order (its Ready numbers only grow) while different
-    groups' fsyncs run in parallel (three concurrent fdatasyncs on this disk finish ~1.8x more
-    per second than one) and a slow file holds up only its own lane. Lanes cost nothing when
-    idle, so one per Raft group is fine for thousands of groups."""
+    A lane has at most one job running, so a group's fsyncs complete in order (its Ready
+    numbers only grow) while different groups' fsyncs run in parallel (three concurrent
+    fdatasyncs on this disk finish ~1.8x more per second than one) and a slow file holds up
+    only its own lane. The worker that finishes a lane's job runs the lane's next one at once,
+    without a round trip through the event loop: under load the next fsync of a group is
+    usually queued already, and waiting for a busy loop to start it put the loop's latency
+    between every two fsyncs of the group (about 6 % of R3 throughput). A worker runs at most
+    ``burst`` jobs of one lane in a row before it goes to the back of the pool's queue, so busy
+    lanes cannot starve the others. Lanes cost nothing when idle, so one per Raft group is fine
+    for thousands of groups. Completions are delivered on the loop in each lane's order."""
 
-    def __init__(self, max_workers: int = 8) -> None:
+    def __init__(self, max_workers: int = 8, burst: int = 8) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="replog-io")
+        self._burst = burst
+        self._lock = threading.Lock()  # guards _lanes: the loop appends, workers pop
         self._lanes: dict[
             str, deque[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]]
         ] = {}
@@ -103,35 +111,45 @@ class ThreadExecutor:
     def submit(self, lane: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        queue = self._lanes.get(lane)
-        if queue is None:
-            self._lanes[lane] = queue = deque()
+        with self._lock:
+            queue = self._lanes.get(lane)
+            idle = queue is None
+            if queue is None:
+                self._lanes[lane] = queue = deque()
             queue.append((fut, fn, args))
-            self._start(loop, lane, queue)
-        else:
-            queue.append((fut, fn, args))
+        if idle:
+            self._pool.submit(self._run_lane, loop, lane, queue)
         return fut
 
-    def _start(self, loop: asyncio.AbstractEventLoop, lane: str, queue: deque[Any]) -> None:
-        fut, fn, args = queue[0]
-        inner = loop.run_in_executor(self._pool, fn, *args)
-
-        def done(f: asyncio.Future[Any]) -> None:
-            queue.popleft()
-            if not fut.done():
-                if f.cancelled():
-                    fut.cancel()
-                elif f.exception() is not None:
-                    fut.set_exception(f.exception())  # type: ignore[arg-type]
-                else:
-                    fut.set_result(f.result())
-            if queue:
-                self._start(loop, lane, queue)
-            else:
-                del self._lanes[lane]
-
-        inner.add_done_callback(done)
+    def _run_lane(self, loop: asyncio.AbstractEventLoop, lane: str, queue: deque[Any]) -> None:
+        """In a worker: run the lane's jobs in order (the head stays queued while it runs, so
+        ``submit`` sees the lane busy); hand each outcome to the loop."""
+        for _ in range(self._burst):
+            fut, fn, args = queue[0]
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits for this any more
+                pass
+            with self._lock:
+                queue.popleft()
+                if not queue:
+                    del self._lanes[lane]
+                    return
+        self._pool.submit(self._run_lane, loop, lane, queue)  # the burst is used up: requeue
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
         self._lanes.clear()
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the caller cancelled it; the job ran anyway
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)

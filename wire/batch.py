@@ -477,6 +477,107 @@ def _check_headers(data: bytes, pos: int, rec_end: int, i: int) -> int:
     return pos
 
 
+def _walk_records(data: bytes, count: int, end: int) -> tuple[int, int, int]:
+    """The hot loop of :func:`check_records` (the leader walks every record it accepts).
+    Varints of one and two bytes, by far the most common, are decoded inline; longer ones go
+    through _read_varint. Reading past ``end`` raises IndexError (the caller reports it)."""
+    read = _read_varint
+    pos = 0
+    lo_delta = hi_delta = 0
+    for i in range(count):
+        b = data[pos]
+        if b < 0x80:
+            length = (b >> 1) ^ -(b & 1)
+            pos += 1
+        else:
+            c = data[pos + 1]
+            if c < 0x80:
+                v = (b & 0x7F) | (c << 7)
+                length = (v >> 1) ^ -(v & 1)
+                pos += 2
+            else:
+                length, pos = read(data, pos)
+        rec_end = pos + length
+        if length < _MIN_RECORD_BYTES - 1 or rec_end > end:
+            raise _field_error(i, f"length {length} does not fit in the records section")
+        # In bounds from here to rec_end - 1: a record is >= 6 bytes after its length.
+        b = data[pos + 1]  # after the attributes byte (unused in v2)
+        if b < 0x80:
+            ts_delta = (b >> 1) ^ -(b & 1)
+            pos += 2
+        else:
+            c = data[pos + 2]
+            if c < 0x80:
+                v = (b & 0x7F) | (c << 7)
+                ts_delta = (v >> 1) ^ -(v & 1)
+                pos += 3
+            else:
+                ts_delta, pos = read(data, pos + 1)
+        b = data[pos]
+        if b < 0x80:
+            offset_delta = (b >> 1) ^ -(b & 1)
+            pos += 1
+        else:
+            c = data[pos + 1]
+            if c < 0x80:  # offset deltas 64..8191
+                v = (b & 0x7F) | (c << 7)
+                offset_delta = (v >> 1) ^ -(v & 1)
+                pos += 2
+            else:
+                offset_delta, pos = read(data, pos)
+        if offset_delta != i:
+            raise InvalidBatch(
+                f"record {i} has offset delta {offset_delta}",
+                "offset deltas must be 0, 1, ..., recordCount - 1 in order",
+                expected=i,
+                actual=offset_delta,
+            )
+        if ts_delta < lo_delta:
+            lo_delta = ts_delta
+        elif ts_delta > hi_delta:
+            hi_delta = ts_delta
+        b = data[pos]
+        if b == 1:  # null key (zigzag -1), the common case
+            pos += 1
+        else:
+            if b < 0x80:
+                n = (b >> 1) ^ -(b & 1)
+                pos += 1
+            else:
+                n, pos = read(data, pos)
+            if n < -1:
+                raise _field_error(i, f"key length {n} (only -1 means null)")
+            if n > 0:
+                pos += n
+            if pos >= rec_end:
+                raise _field_error(i, "the key runs past the record's length")
+        b = data[pos]
+        if b < 0x80:
+            n = (b >> 1) ^ -(b & 1)
+            pos += 1
+        else:
+            c = data[pos + 1]
+            if c < 0x80:
+                v = (b & 0x7F) | (c << 7)
+                n = (v >> 1) ^ -(v & 1)
+                pos += 2
+            else:
+                n, pos = read(data, pos)
+        if n > 0:
+            pos += n
+        elif n < -1:
+            raise _field_error(i, f"value length {n} (only -1 means null)")
+        if pos >= rec_end:
+            raise _field_error(i, "the value runs past the record's length")
+        if data[pos] == 0:  # no headers
+            pos += 1
+        else:
+            pos = _check_headers(data, pos, rec_end, i)
+        if pos != rec_end:
+            raise _field_error(i, f"its fields take {pos - rec_end + length} bytes, not {length}")
+    return pos, lo_delta, hi_delta
+
+
 def check_records(data: bytes, h: BatchHeader) -> tuple[int, int]:
     """Walk the (decompressed) records section of the batch ``h`` without building records:
     exactly ``recordCount`` records, each one's fields (varints, key, value, headers with
@@ -492,85 +593,15 @@ def check_records(data: bytes, h: BatchHeader) -> tuple[int, int]:
             expected=f"<= {end // _MIN_RECORD_BYTES} records",
             actual=count,
         )
-    read = _read_varint
-    pos = 0
-    lo_delta = hi_delta = 0
-    # Hot loop (the leader walks every record it accepts): one-byte varints, by far the
-    # most common, are decoded inline; anything longer goes through _read_varint.
-    for i in range(count):
-        if pos >= end:
-            raise _field_error(i, "missing: the records section ends early")
-        b = data[pos]
-        if b < 0x80:
-            length = (b >> 1) ^ -(b & 1)
-            pos += 1
-        elif pos + 1 < end and data[pos + 1] < 0x80:
-            v = (b & 0x7F) | (data[pos + 1] << 7)
-            length = (v >> 1) ^ -(v & 1)
-            pos += 2
-        else:
-            length, pos = read(data, pos)
-        rec_end = pos + length
-        if length < _MIN_RECORD_BYTES - 1 or rec_end > end:
-            raise _field_error(i, f"length {length} does not fit in the records section")
-        b = data[pos + 1]  # after the attributes byte (unused in v2)
-        if b < 0x80:
-            ts_delta = (b >> 1) ^ -(b & 1)
-            pos += 2
-        else:
-            ts_delta, pos = read(data, pos + 1)
-        b = data[pos]
-        if b < 0x80:
-            offset_delta = (b >> 1) ^ -(b & 1)
-            pos += 1
-        else:
-            offset_delta, pos = read(data, pos)
-        if offset_delta != i:
-            raise InvalidBatch(
-                f"record {i} has offset delta {offset_delta}",
-                "offset deltas must be 0, 1, ..., recordCount - 1 in order",
-                expected=i,
-                actual=offset_delta,
-            )
-        if ts_delta < lo_delta:
-            lo_delta = ts_delta
-        elif ts_delta > hi_delta:
-            hi_delta = ts_delta
-        b = data[pos]
-        if b < 0x80:
-            n = (b >> 1) ^ -(b & 1)
-            pos += 1
-        else:
-            n, pos = read(data, pos)
-        if n < -1:
-            raise _field_error(i, f"key length {n} (only -1 means null)")
-        if n > 0:
-            pos += n
-        if pos >= rec_end:
-            raise _field_error(i, "the key runs past the record's length")
-        b = data[pos]
-        if b < 0x80:
-            n = (b >> 1) ^ -(b & 1)
-            pos += 1
-        elif pos + 1 < end and data[pos + 1] < 0x80:
-            v = (b & 0x7F) | (data[pos + 1] << 7)
-            n = (v >> 1) ^ -(v & 1)
-            pos += 2
-        else:
-            n, pos = read(data, pos)
-        if n < -1:
-            raise _field_error(i, f"value length {n} (only -1 means null)")
-        if n > 0:
-            pos += n
-        if pos >= rec_end:
-            raise _field_error(i, "the value runs past the record's length")
-        b = data[pos]
-        if b == 0:  # no headers
-            pos += 1
-        else:
-            pos = _check_headers(data, pos, rec_end, i)
-        if pos != rec_end:
-            raise _field_error(i, f"its fields take {pos - rec_end + length} bytes, not {length}")
+    try:
+        pos, lo_delta, hi_delta = _walk_records(data, count, end)
+    except IndexError:
+        # Every index the walk takes lies below a record end it checked against ``end``,
+        # except the varint bytes it reads ahead: running off the section is truncation.
+        raise InvalidBatch(
+            "a record is truncated: the records section ends inside it",
+            "the batch is damaged or was built by a broken client; the producer must rebuild it",
+        ) from None
     if pos != end:
         raise InvalidBatch(
             f"{end - pos} bytes left over after recordCount={count} records",
