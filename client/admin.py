@@ -121,6 +121,7 @@ class AdminClient:
             stub_factory=stub_factory,
             wall_clock_ms=wall_clock_ms,
             rng=rng,
+            broker_addresses=self.config.broker_addresses,
         )
 
     async def __aenter__(self) -> AdminClient:

@@ -7,7 +7,7 @@ no global configuration: each client object takes its own config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from client.errors import ConfigError
@@ -31,6 +31,29 @@ def _non_negative(obj: Any, *names: str) -> None:
         value = getattr(obj, name)
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ConfigError(name, value, "must be zero or a positive number")
+
+
+def _broker_addresses(obj: Any) -> None:
+    value = obj.broker_addresses
+    if not isinstance(value, dict):
+        raise ConfigError("broker_addresses", value, "must map broker ids to HOST:PORT")
+    for node_id, address in value.items():
+        host, sep, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+        if (
+            not isinstance(node_id, int)
+            or isinstance(node_id, bool)
+            or node_id < 1
+            or not (sep and host and port.isdigit())
+        ):
+            raise ConfigError(
+                "broker_addresses",
+                {node_id: address},
+                "each entry maps a broker id (>= 1) to the HOST:PORT to dial it at",
+            )
+
+
+def _no_overrides() -> dict[int, str]:
+    return {}
 
 
 def _one_of(obj: Any, name: str, allowed: tuple[str, ...]) -> None:
@@ -62,6 +85,10 @@ class ProducerConfig:
     # First pause between retries; doubles per attempt up to retry_backoff_max_ms.
     retry_backoff_ms: float = 50.0
     retry_backoff_max_ms: float = 1_000.0
+    # Per-broker address overrides (broker id -> HOST:PORT), as the broker's --peer-address: a
+    # broker the metadata advertises at A is dialed at its override instead (a proxy, e.g. the
+    # chaos suite's Toxiproxy). Bootstrap addresses are dialed as given. Empty by default.
+    broker_addresses: dict[int, str] = field(default_factory=_no_overrides)
     # Produce requests in flight per partition, 1..5. More overlaps network and commit latency
     # (the broker needs several concurrent batches to reach its throughput). Order and
     # exactly-once hold for any value with idempotence (sequence numbers; the broker remembers
@@ -73,6 +100,7 @@ class ProducerConfig:
     metadata_timeout_ms: float = 60_000.0
 
     def __post_init__(self) -> None:
+        _broker_addresses(self)
         _positive(
             self,
             "batch_bytes",
@@ -123,10 +151,15 @@ class ConsumerConfig:
     # Pause between reconnect attempts; doubles up to retry_backoff_max_ms.
     retry_backoff_ms: float = 50.0
     retry_backoff_max_ms: float = 1_000.0
+    # Per-broker address overrides (broker id -> HOST:PORT), as the broker's --peer-address: a
+    # broker the metadata advertises at A is dialed at its override instead (a proxy, e.g. the
+    # chaos suite's Toxiproxy). Bootstrap addresses are dialed as given. Empty by default.
+    broker_addresses: dict[int, str] = field(default_factory=_no_overrides)
     # Deadline of unary calls (ListOffsets, Metadata). 30 s.
     request_timeout_ms: float = 30_000.0
 
     def __post_init__(self) -> None:
+        _broker_addresses(self)
         _one_of(self, "auto_offset_reset", OFFSET_RESETS)
         _positive(
             self,
@@ -149,7 +182,12 @@ class AdminConfig:
     # Pause between retries; doubles up to retry_backoff_max_ms.
     retry_backoff_ms: float = 50.0
     retry_backoff_max_ms: float = 1_000.0
+    # Per-broker address overrides (broker id -> HOST:PORT), as the broker's --peer-address: a
+    # broker the metadata advertises at A is dialed at its override instead (a proxy, e.g. the
+    # chaos suite's Toxiproxy). Bootstrap addresses are dialed as given. Empty by default.
+    broker_addresses: dict[int, str] = field(default_factory=_no_overrides)
 
     def __post_init__(self) -> None:
+        _broker_addresses(self)
         _positive(self, "request_timeout_ms", "operation_timeout_ms", "retry_backoff_max_ms")
         _non_negative(self, "retry_backoff_ms")

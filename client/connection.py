@@ -16,6 +16,9 @@ Contract:
   so ``to_replog_error`` stays the one conversion point. Deadlines are read from the running
   loop's ``loop.time()`` (``now_s()``), never from ``time.monotonic()``; wall-clock
   timestamps come from ``wall_clock_ms()`` and randomness from ``rng``, both injectable.
+- Per-broker address overrides (``broker_addresses``, node id -> HOST:PORT), as the broker's
+  ``--peer-address``: a broker the metadata advertises at A is dialed at its override (a proxy,
+  e.g. Toxiproxy for the chaos suite). Bootstrap addresses are dialed as given.
 - Calls without an address go to "any broker": the last one that answered, else the next in
   bootstrap + known brokers (the broker forwards admin calls to the metadata leader).
 - Retry policy lives in ``retry_call``: retriable errors are retried with exponential back-off
@@ -31,7 +34,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -172,8 +175,11 @@ class Connection:
         stub_factory: StubFactory | None = None,
         wall_clock_ms: Callable[[], int] | None = None,
         rng: random.Random | None = None,
+        broker_addresses: Mapping[int, str] | None = None,
     ) -> None:
         self.bootstrap = parse_bootstrap(bootstrap)
+        self._overrides: dict[int, str] = dict(broker_addresses or {})
+        self._dial: dict[str, str] = {}  # advertised address -> the override to dial instead
         self._stub_factory = stub_factory
         # Timestamps of produced records (ms since the epoch).
         self.wall_clock_ms: Callable[[], int] = wall_clock_ms or default_wall_clock_ms
@@ -185,6 +191,7 @@ class Connection:
         self.retry_backoff_ms = retry_backoff_ms
         self.retry_backoff_max_ms = retry_backoff_max_ms
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing_channels: set[asyncio.Future[None]] = set()
         self._stubs: dict[str, Any] = {}
         self._any_index = 0
         self._closed = False
@@ -204,14 +211,29 @@ class Connection:
             raise ClientClosed("the client is closed")
         stub = self._stubs.get(address)
         if stub is None:
+            target = self._dial.get(address, address)
             if self._stub_factory is not None:
-                stub = self._stub_factory(address)
+                stub = self._stub_factory(target)
             else:
-                channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
                 self._channels[address] = channel
                 stub = pb_grpc.ReplogStub(channel)  # type: ignore[no-untyped-call]
             self._stubs[address] = stub
         return stub
+
+    def _learn_address(self, node_id: int, address: str) -> None:
+        """Broker ``node_id`` is advertised at ``address``: dial its override there, if any (a
+        stub made before the override was known is dropped, so no call bypasses it)."""
+        target = self._overrides.get(node_id)
+        if target is None or not address or self._dial.get(address) == target:
+            return
+        self._dial[address] = target
+        self._stubs.pop(address, None)
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            self._closing_channels.add(asyncio.ensure_future(channel.close()))
+            for task in [t for t in self._closing_channels if t.done()]:
+                self._closing_channels.discard(task)
 
     def _any_addresses(self) -> list[str]:
         out = list(self.bootstrap)
@@ -331,6 +353,8 @@ class Connection:
         self.last_metadata = response
         if response.brokers:
             self.brokers = {b.id: b for b in response.brokers}
+            for b in response.brokers:
+                self._learn_address(b.id, b.address)
         if not topics:
             self.topics = {}
             listed = {t.name for t in response.topics}
@@ -348,6 +372,7 @@ class Connection:
         key = (topic, partition)
         self._leaders[key] = leader_id
         if address:
+            self._learn_address(leader_id, address)
             self._leader_addresses[key] = address
 
     async def topic(self, name: str, *, deadline: float) -> pb.TopicMetadata:

@@ -142,6 +142,7 @@ class Consumer:
             stub_factory=stub_factory,
             wall_clock_ms=wall_clock_ms,
             rng=rng,
+            broker_addresses=self.config.broker_addresses,
         )
         self._assigned: dict[TopicPartition, _Assignment] = {}
         self._queue: asyncio.Queue[_Item] | None = None

@@ -217,6 +217,7 @@ class Producer:
             stub_factory=stub_factory,
             wall_clock_ms=wall_clock_ms,
             rng=rng,
+            broker_addresses=self.config.broker_addresses,
         )
         self._acks = pb.ACKS_ALL if cfg.acks == "all" else pb.ACKS_LEADER
         self._linger_s = cfg.linger_ms / 1000.0
