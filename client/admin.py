@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 from client.config import AdminConfig
 from client.connection import Connection, StubFactory, now_s
-from client.errors import InvalidRequest, ReplogError
+from client.errors import InvalidRequest, ReplogError, UnknownPartition
+from client.verify import Verification, verify_partition
 from wire import replog_pb2 as pb
 
 __all__ = [
@@ -251,6 +252,30 @@ class AdminClient:
         except ReplogError:
             return None, None, 0
         return r.log_start_offset, r.high_watermark, r.leader
+
+    async def verify_partitions(
+        self, topic: str, partition: int | None = None
+    ) -> list[Verification]:
+        """Compare every replica of ``topic``'s partitions (or of one) at equal offsets: each
+        broker hosting a replica digests its committed batches; the first differing offset is
+        reported (``client/verify.py``)."""
+        r: pb.DescribeTopicResponse = await self._any(
+            "DescribeTopic", pb.DescribeTopicRequest(name=topic)
+        )
+        await self._ensure_brokers()
+        parts = [p for p in r.topic.partitions if partition is None or p.partition == partition]
+        if partition is not None and not parts:
+            raise UnknownPartition(
+                f"topic {topic!r} has {len(r.topic.partitions)} partitions; "
+                f"partition {partition} does not exist"
+            )
+        timeout_s = self.config.request_timeout_ms / 1000.0
+        return [
+            await verify_partition(
+                self._conn, topic, p.partition, list(p.replicas), timeout_s=timeout_s
+            )
+            for p in parts
+        ]
 
     async def _ensure_brokers(self) -> None:
         if not self._conn.brokers:

@@ -184,6 +184,45 @@ async def cmd_topic_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_partition_verify(args: argparse.Namespace) -> int:
+    """Exit 0: every replica pair equal over what all hold; 1: a difference, or a replica
+    that could not be asked (then equality is unknown)."""
+    async with AdminClient(_bootstrap(args), CLI_ADMIN_CONFIG) as admin:
+        results = await admin.verify_partitions(args.topic, args.partition)
+    ok = all(r.equal is True for r in results)
+    if _wants_json(args):
+        _print_json(
+            {"topic": args.topic, "equal": ok, "partitions": [r.to_json() for r in results]}
+        )
+        return EXIT_OK if ok else EXIT_ERROR
+    rows = []
+    for r in results:
+        verdict = {True: "equal", False: "DIFFERENT", None: "unknown"}[r.equal]
+        where = f"at offset {r.first_difference}" if r.first_difference is not None else ""
+        rows.append(
+            [
+                r.partition,
+                verdict + (f" {where}" if where else ""),
+                f"[{r.compared_from}, {r.compared_to})",
+                r.batches,
+                r.records,
+                " ".join(
+                    f"{v.node_id}:{v.error or f'{v.role.lower()} hw={v.high_watermark}'}"
+                    for v in r.replicas
+                ),
+            ]
+        )
+    _table(
+        f"topic {args.topic}: replicas compared at equal offsets",
+        ["partition", "result", "offsets compared", "batches", "records", "replicas"],
+        rows,
+    )
+    for r in results:
+        for node, held in sorted(r.difference.items()):
+            sys.stdout.write(f"  partition {r.partition} node {node}: {held}\n")
+    return EXIT_OK if ok else EXIT_ERROR
+
+
 async def cmd_topic_describe(args: argparse.Namespace) -> int:
     async with AdminClient(_bootstrap(args), CLI_ADMIN_CONFIG) as admin:
         topic = await admin.describe_topic(args.name)
@@ -454,6 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", type=_non_negative_int, default=0, help="node id (default: any caught-up voter)"
     )
     transfer.set_defaults(handler=cmd_topic_transfer_leader)
+
+    partition = commands.add_parser("partition", help="check a partition's replicas")
+    partition_cmds = partition.add_subparsers(dest="partition_command", metavar="COMMAND")
+    verify = partition_cmds.add_parser(
+        "verify",
+        parents=[common],
+        help="compare every replica's committed data at equal offsets (first difference)",
+    )
+    verify.add_argument("topic")
+    verify.add_argument("partition", nargs="?", type=_non_negative_int, default=None)
+    verify.set_defaults(handler=cmd_partition_verify)
 
     produce = commands.add_parser(
         "produce", parents=[common], help="send one record per stdin line"

@@ -146,6 +146,14 @@ class TooManyFetchStreams(ReplogError):
 
 
 @_register
+class ReplicaNotAvailable(ReplogError):
+    """This broker's replica of the partition is stopped (failed); it serves nothing."""
+
+    code = "REPLICA_NOT_AVAILABLE"
+    default_hint = "see `replog cluster status` for the failed group and the broker's log"
+
+
+@_register
 class LeaderNotAvailable(ReplogError):
     code = "LEADER_NOT_AVAILABLE"
     retriable = True

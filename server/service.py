@@ -51,6 +51,8 @@ _BUG_CLASSES = frozenset(
     {"KeyError", "AttributeError", "TypeError", "AssertionError", "IndexError", "NameError"}
 )
 DEFAULT_FETCH_BYTES = 1 << 20
+DIGEST_PAGE_BYTES = 4 << 20  # batch bytes digested per ReplicaDigest answer, by default...
+DIGEST_PAGE_BYTES_MAX = 16 << 20  # ...and at most (the answer itself is ~20 bytes per batch)
 METADATA_BARRIER_TIMEOUT_S = 3.0
 
 
@@ -336,6 +338,31 @@ class ReplogService(pb_grpc.ReplogServicer):
             leader=self.b.node_id,
             leader_term=replica.term,
             log_end_offset=s.next_offset(),
+        )
+
+    @_handled
+    async def ReplicaDigest(
+        self, request: pb.ReplicaDigestRequest, context: Any
+    ) -> pb.ReplicaDigestResponse:
+        """This broker's replica of the partition (leader or follower; never forwarded)."""
+        if request.from_offset < 0:
+            raise invalid_request(
+                f"from_offset {request.from_offset} is negative", "offsets count from 0"
+            )
+        replica = await self._replica(request.topic, request.partition)
+        max_bytes = min(request.max_bytes or DIGEST_PAGE_BYTES, DIGEST_PAGE_BYTES_MAX)
+        d = await replica.digest(request.from_offset, max_bytes)
+        return pb.ReplicaDigestResponse(
+            node_id=self.b.node_id,
+            log_start_offset=d.log_start_offset,
+            high_watermark=d.high_watermark,
+            batches=[
+                pb.BatchDigest(base_offset=b, last_offset=last, crc32c=crc, size=size)
+                for b, last, crc, size in d.batches
+            ],
+            next_offset=d.next_offset,
+            role=replica.role.name,
+            term=replica.term,
         )
 
     @_handled

@@ -261,6 +261,48 @@ class ListOffsetsResponse(_message.Message):
     log_end_offset: int
     def __init__(self, log_start_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., leader: _Optional[int] = ..., leader_term: _Optional[int] = ..., log_end_offset: _Optional[int] = ...) -> None: ...
 
+class ReplicaDigestRequest(_message.Message):
+    __slots__ = ("topic", "partition", "from_offset", "max_bytes")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    FROM_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    from_offset: int
+    max_bytes: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., from_offset: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class BatchDigest(_message.Message):
+    __slots__ = ("base_offset", "last_offset", "crc32c", "size")
+    BASE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LAST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CRC32C_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    base_offset: int
+    last_offset: int
+    crc32c: int
+    size: int
+    def __init__(self, base_offset: _Optional[int] = ..., last_offset: _Optional[int] = ..., crc32c: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ReplicaDigestResponse(_message.Message):
+    __slots__ = ("node_id", "log_start_offset", "high_watermark", "batches", "next_offset", "role", "term")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOG_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    log_start_offset: int
+    high_watermark: int
+    batches: _containers.RepeatedCompositeFieldContainer[BatchDigest]
+    next_offset: int
+    role: str
+    term: int
+    def __init__(self, node_id: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., batches: _Optional[_Iterable[_Union[BatchDigest, _Mapping]]] = ..., next_offset: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
+
 class TransferLeadershipRequest(_message.Message):
     __slots__ = ("topic", "partition", "to_node")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

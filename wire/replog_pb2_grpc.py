@@ -89,6 +89,11 @@ class ReplogStub:
                 request_serializer=replog__pb2.InitProducerIdRequest.SerializeToString,
                 response_deserializer=replog__pb2.InitProducerIdResponse.FromString,
                 _registered_method=True)
+        self.ReplicaDigest = channel.unary_unary(
+                '/replog.v1.Replog/ReplicaDigest',
+                request_serializer=replog__pb2.ReplicaDigestRequest.SerializeToString,
+                response_deserializer=replog__pb2.ReplicaDigestResponse.FromString,
+                _registered_method=True)
 
 
 class ReplogServicer:
@@ -160,6 +165,12 @@ class ReplogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplicaDigest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplogServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +228,11 @@ def add_ReplogServicer_to_server(servicer, server):
                     servicer.InitProducerId,
                     request_deserializer=replog__pb2.InitProducerIdRequest.FromString,
                     response_serializer=replog__pb2.InitProducerIdResponse.SerializeToString,
+            ),
+            'ReplicaDigest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaDigest,
+                    request_deserializer=replog__pb2.ReplicaDigestRequest.FromString,
+                    response_serializer=replog__pb2.ReplicaDigestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +532,33 @@ class Replog:
             '/replog.v1.Replog/InitProducerId',
             replog__pb2.InitProducerIdRequest.SerializeToString,
             replog__pb2.InitProducerIdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicaDigest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/replog.v1.Replog/ReplicaDigest',
+            replog__pb2.ReplicaDigestRequest.SerializeToString,
+            replog__pb2.ReplicaDigestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,6 +97,25 @@ def test_cli_shapes_and_flows(cluster_factory) -> None:
     p1 = next(p for p in json.loads(out)["partitions"] if p["partition"] == 1)
     assert p1["leader"] == target
 
+    # Every replica holds the same committed data at equal offsets (issue 14's `partition
+    # verify`). Followers learn the commit one round after the leader: ask until all three
+    # hold the 3 records (bounded), then the comparison must have covered them.
+    for _attempt in range(50):
+        code, out, err = replog(boot, "partition", "verify", "cli", "1", "--json")
+        assert code == 0, (out, err)  # equal (a difference or an unreachable replica exits 1)
+        verified = json.loads(out)
+        (part,) = verified["partitions"]
+        if part["compared_to"] >= 3:
+            break
+    assert verified["equal"] is True and part["equal"] is True
+    assert part["records"] >= 3 and part["first_difference"] is None
+    assert sorted(r["node_id"] for r in part["replicas"]) == sorted(p1["replicas"])
+    assert all(not r["error"] for r in part["replicas"])
+    code, out, err = replog(boot, "partition", "verify", "cli")  # both partitions, as a table
+    assert code == 0 and "equal" in out, err
+    code, _out, err = replog(boot, "partition", "verify", "cli", "7")
+    assert code != 0 and "UNKNOWN_PARTITION" in err
+
     code, _out, err = replog(boot, "topic", "describe", "missing", "--json")
     assert code != 0 and "UNKNOWN_TOPIC" in err
 
