@@ -28,7 +28,7 @@ from typing import Any
 
 from metadata.state import MetadataState
 from partition.errors import OffsetOutOfRange, PartitionInvariantError
-from partition.state import PartitionState
+from partition.state import FetchResult, PartitionState
 from raft import core as raft_core
 from raft.log import RaftLog
 from raft.storage.durable_log import DurableLog
@@ -47,12 +47,14 @@ __all__ = [
     "Harness",
     "InjectApplyError",
     "KeepLoadOnDeletedTopic",
+    "LateProduceCopy",
     "LinkSizeLimit",
     "PageCache",
     "RaftOptions",
     "ProducerChurn",
     "VoteCrash",
     "RetentionKeepsCutting",
+    "SlowPeerLinks",
     "detected",
     "TARGETS",
     "Target",
@@ -271,6 +273,39 @@ def _patch_7(stack: contextlib.ExitStack) -> None:
         stack.enter_context(
             swap(PartitionReplica, "ensure_readable", PartitionReplica.ensure_leader)
         )
+        # ... and made a fetch stream opened on such a leader wait (long-poll) for that apply
+        # first: fetch_stream without that wait.
+        stack.enter_context(swap(PartitionReplica, "fetch_stream", _fetch_stream_at_once))
+
+
+async def _fetch_stream_at_once(
+    self: Any, offset: int, max_bytes: int, max_wait_s: float, follow: bool
+) -> Any:
+    """server/partition_replica.py ``fetch_stream`` without its first step (05ca412: a new
+    leader's stream waits until the leader applied an entry of its term)."""
+    while True:
+        self.ensure_readable()
+        first = self._fetch_pass(offset, max_bytes, None)
+        result = first if isinstance(first, FetchResult) else await self.fetch(offset, max_bytes)
+        if result.batches or result.next_offset > offset:
+            yield result
+            offset = result.next_offset
+            if not follow:
+                return
+            continue
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fetch_waiters.append((offset, fut))
+        try:
+            await asyncio.wait_for(fut, max_wait_s)
+        except TimeoutError:
+            if not follow:
+                yield result
+                return
+        finally:
+            if not fut.done():
+                fut.cancel()
+        if self.stopped is not None:
+            raise self._not_leader()
 
 
 # ---------------------------------------------------------------------------- #9 fsync=never
@@ -368,6 +403,29 @@ def _run_turn_partition_errors_escape(self: Runtime) -> None:
 
 def _patch_5(stack: contextlib.ExitStack) -> None:
     stack.enter_context(swap(Runtime, "run_turn", _run_turn_partition_errors_escape))
+
+
+# ---------------------------------------------------------------------------- #10 producer id
+
+
+def _patch_10(stack: contextlib.ExitStack) -> None:
+    """client/producer.py before 6b1f6ad: OUT_OF_ORDER_SEQUENCE for the oldest unacknowledged
+    batch (the broker does not know the producer's previous batch, e.g. it expired) made the
+    producer drop its producer id (``_reset_producer_id``): the next seal asks InitProducerId
+    for a FRESH id and reseals the partition's pending batches from sequence 0 under it. No
+    epoch is bumped, so nothing fences the old id: a delayed copy of a batch sent under it
+    can still land after its resealed successor (a duplicate, or a reorder). Here: the fix's
+    ``_bump_epoch`` is swapped for that old reset."""
+    from client.producer import Producer
+
+    async def reset_producer_id(self: Producer, stale_producer_id: int, stale_epoch: int) -> None:
+        del stale_epoch
+        async with self._pid_lock:
+            if self._producer_id == stale_producer_id:
+                self._producer_id = -1
+                self._producer_epoch = -1
+
+    stack.enter_context(swap(Producer, "_bump_epoch", reset_producer_id))
 
 
 # ---------------------------------------------------------------------------- #12 disk errors
@@ -514,6 +572,7 @@ PATCHES: dict[int, Callable[[contextlib.ExitStack], None]] = {
     6: _patch_6,
     7: _patch_7,
     9: _patch_9,
+    10: _patch_10,
     12: _patch_12,
     14: _patch_14,
     16: _patch_16,
@@ -811,6 +870,157 @@ class VoteCrash(Harness):
                 asyncio.get_running_loop().call_later(harness.delay_s, crash, node.node_id)
 
         node.transport.enqueue = enqueue  # type: ignore[method-assign]
+
+
+class LateProduceCopy(Harness):
+    """A targeted fault for #12 defect 10: a Produce request that opens a producer session on
+    a partition (an idempotent batch at base sequence 0) is, with probability ``p``, also
+    copied by the network (a duplicated packet); the original goes on as usual and the copy
+    is held back. It is delivered, to the broker the original went to, only once the same
+    client has since been answered OUT_OF_ORDER_SEQUENCE on that partition and then had a
+    fresh (non-duplicate) batch appended there: the moment a copy that travelled under the
+    producer's previous session lands after its resealed successor. Producer ids expire
+    after ``expiry_ms`` of log time (``PartitionConfig.producer_expiry_ms``, set here as the
+    simulation's topics cannot): a producer idle on a partition is forgotten there, and its
+    next batch is answered OUT_OF_ORDER_SEQUENCE (the session the defect mishandled).
+
+    With epoch fencing (the fix) the copy meets the producer's bumped epoch on that
+    partition (it just wrote there) and is refused with PRODUCER_FENCED; under a fresh
+    producer id the old id is unknown (expired) on the broker, so sequence 0 opens a new
+    session and the copy is appended a second time (``no_duplicates``)."""
+
+    def __init__(self, p: float = 1.0, expiry_ms: int = 300) -> None:
+        self.p, self.expiry_ms = p, expiry_ms
+        self.held: dict[tuple[Any, str, int], tuple[str, Any, Any]] = {}
+        self.out_of_order: set[tuple[Any, str, int]] = set()
+        self.copies_held = 0
+        self.copies_delivered: list[str] = []  # outcome of each delivered copy
+        self.rng = random.Random(0)  # re-seeded from each cluster's seed
+
+    @contextlib.contextmanager
+    def _ctx(self) -> Iterator[None]:
+        import grpc
+
+        from client.connection import to_replog_error
+        from client.errors import OutOfOrderSequence
+        from partition.config import PartitionConfig
+        from tests.system_sim.cluster import SimCluster, derive_rng
+        from tests.system_sim.network import SimStub
+        from wire.batch import read_header
+
+        harness = self
+        original_call = SimStub._call_unary
+        original_cluster_init = SimCluster.__init__
+        original_post_init = PartitionConfig.__post_init__
+
+        def cluster_init(self: SimCluster, *args: Any, **kwargs: Any) -> None:
+            original_cluster_init(self, *args, **kwargs)
+            harness.rng = derive_rng(self.seed, "late-produce-copy")
+            harness.held.clear()
+            harness.out_of_order.clear()
+
+        def post_init(self: PartitionConfig) -> None:
+            original_post_init(self)
+            object.__setattr__(self, "producer_expiry_ms", harness.expiry_ms)
+
+        async def deliver(stub: SimStub, m: Any, request: Any, metadata: Any) -> None:
+            try:
+                response = await original_call(stub, m, request, 2.0, metadata)
+            except grpc.aio.AioRpcError as exc:
+                harness.copies_delivered.append(type(to_replog_error(exc)).__name__)
+            except Exception as exc:
+                harness.copies_delivered.append(type(exc).__name__)
+            else:
+                harness.copies_delivered.append("duplicate" if response.duplicate else "appended")
+
+        async def call_unary(
+            self: SimStub, m: Any, request: Any, timeout: float | None, metadata: Any
+        ) -> Any:
+            if m.name != "Produce" or self._owner is not None:
+                return await original_call(self, m, request, timeout, metadata)
+            key = (self._src, request.topic, request.partition)
+            try:
+                header = read_header(request.batch)
+            except Exception:
+                header = None
+            if (
+                header is not None
+                and header.producer_id >= 0
+                and header.base_sequence == 0
+                and key not in harness.held
+                and harness.rng.random() < harness.p
+            ):
+                copy = type(request)()
+                copy.CopyFrom(request)
+                harness.held[key] = (self._address, copy, metadata)
+                harness.copies_held += 1
+            try:
+                response = await original_call(self, m, request, timeout, metadata)
+            except grpc.aio.AioRpcError as exc:
+                if isinstance(to_replog_error(exc), OutOfOrderSequence) and key in harness.held:
+                    harness.out_of_order.add(key)
+                raise
+            if key in harness.out_of_order and not response.duplicate:
+                harness.out_of_order.discard(key)
+                address, copy, md = harness.held.pop(key)
+                stub = SimStub(self._net, self._src, address, "Replog", None)
+                asyncio.get_running_loop().create_task(
+                    deliver(stub, m, copy, md), name="late-produce-copy"
+                )
+            return response
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(swap(SimStub, "_call_unary", call_unary))
+            stack.enter_context(swap(SimCluster, "__init__", cluster_init))
+            stack.enter_context(swap(PartitionConfig, "__post_init__", post_init))
+            yield
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return self._ctx()
+
+
+class SlowPeerLinks(Harness):
+    """Broker-to-broker links slow (``delay_s``, one way, on every pair; the simulated
+    network's default is 0.2-2 ms), client links as fast as ever: a client can learn of a new
+    leader (a NOT_LEADER redirect from the deposed one, which hears of it with the new
+    leader's first append) and reach it well before that leader's first entry has
+    committed, which takes a further round trip between brokers. Until then the new leader's
+    high watermark is the commit index it knew when it was elected, which trails its
+    predecessor's by about one broker round trip: a consumer positioned at the old leader's
+    high watermark asks the new leader for offsets above its own (#12 defect 7). The message
+    faults of the nemesis apply to client links only (a pair's own faults replace the
+    default)."""
+
+    def __init__(self, delay_s: tuple[float, float] = (0.08, 0.2)) -> None:
+        self.delay_s = delay_s
+        self.clusters: list[Any] = []
+
+    @contextlib.contextmanager
+    def _capture(self) -> Iterator[None]:
+        from tests.system_sim.cluster import SimCluster
+
+        original = SimCluster.__init__
+        harness = self
+
+        def init(self: SimCluster, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            harness.clusters.append(self)
+
+        with swap(SimCluster, "__init__", init):
+            yield
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return self._capture()
+
+    def hook(self, node: BrokerNode) -> None:
+        from tests.system_sim.network import Faults
+
+        cluster = self.clusters[-1]
+        for other in cluster.brokers:
+            if other == node.node_id:
+                continue
+            for a, b in ((node.node_id, other), (other, node.node_id)):
+                cluster.net.set_faults(Faults(delay_s=self.delay_s), a, b)
 
 
 class KeepLoadOnDeletedTopic(Harness):
@@ -1150,6 +1360,28 @@ TARGETS: dict[int, Target] = {
         ),
         expect=("group stuck",),
     ),
+    # leaders change often (kills, a transfer every 0.3 s on average) over slow links between
+    # brokers and fast client links (SlowPeerLinks): a consumer reaches a new leader before
+    # its first entry commits, while its high watermark trails the consumer's position
+    # (which it read from the old leader); elections 1 s (20 ticks) to suit 80-200 ms links
+    7: Target(
+        profile=FaultProfile(
+            "failover", mean_gap_s=1.0, weights={"kill_one": 1, "quiet": 1}, down_s=(0.5, 2.0)
+        ),
+        workload=WorkloadConfig(
+            retention_share=0.0,
+            doomed_topic_share=0.0,
+            admin_gap_s=0.3,
+            consumers=(2, 2),
+            producers=(2, 3),
+            partitions=(1, 2),
+            seek_share=0.0,
+        ),
+        settings=BrokerSettings(election_ticks=20),
+        budget=Budget(join_share=0.0),
+        harness=lambda: SlowPeerLinks((0.08, 0.2)),
+        expect=("consumer skipped records", "consumer went backwards"),
+    ),
     # fsync=never, plain SIGKILLs only (no power loss), and a disk model in which a killed
     # process's written pages survive (PageCache): election safety must hold
     9: Target(
@@ -1163,6 +1395,17 @@ TARGETS: dict[int, Target] = {
         budget=Budget(fault_s=5.0, max_wall_s=60.0),
         harness=PageCache,
         expect=("one_leader_per_term",),
+    ),
+    # no nemesis; producer ids expire after 300 ms of log time (a producer idle on a
+    # partition is forgotten there: OUT_OF_ORDER_SEQUENCE, a new session), and the network
+    # keeps a copy of each session's first Produce request (sequence 0) and delivers it once
+    # the producer's next session has written there (LateProduceCopy): under a fresh
+    # producer id it is appended again, under a bumped epoch it is fenced
+    10: Target(
+        profile=FaultProfile("quiet", mean_gap_s=2.0, weights={"quiet": 1}),
+        workload=WorkloadConfig(retention_share=0.0),
+        harness=LateProduceCopy,
+        expect=("duplicate under idempotence", "producer order"),
     ),
     # the disk profile: EIO/ENOSPC on writes and syncs, slow fsyncs, kills and power losses
     12: Target(

@@ -1,5 +1,5 @@
-"""Issue 13, "It must catch what was missed": each of issue 12's defects 1-7, 9, 10, 12, 14,
-16 and 17, put back by a patch that lives in the tests (tests/system_sim/putback.py), is
+"""Issue 13, "It must catch what was missed": each of issue 12's defects 1, 2, 4-7, 9, 10, 12,
+14, 16 and 17, put back by a patch that lives in the tests (tests/system_sim/putback.py), is
 found by the system simulation within ``BOUNDS[defect]`` seeds of its targeted configuration
 (``putback.TARGETS[defect]``); and the same configuration without the patch finds nothing on
 the seeds the detection needed, so what the simulation catches is the patch.
@@ -30,7 +30,9 @@ BOUNDS: dict[int, int] = {
     4: 5,
     5: 5,
     6: 10,
+    7: 10,
     9: 5,
+    10: 5,
     12: 30,  # 18 seeds since the two-index ack mark (a torn last sync is cut, not refused)
     14: 3,
     16: 5,
@@ -117,6 +119,19 @@ def test_defect_6_snapshot_status_never_reported() -> None:
     _caught(6)
 
 
+def test_defect_7_consumer_resets_on_a_trailing_high_watermark() -> None:
+    """#12 defect 7. Patch: a fetch above the high watermark answers OFFSET_OUT_OF_RANGE
+    (before 11a6985), the consumer applies auto_offset_reset at once (before 60d0cdd), and a
+    new leader serves fetches and ListOffsets before it applied an entry of its term (before
+    05ca412: no LEADER_NOT_AVAILABLE, no wait in the fetch stream). Faults: SlowPeerLinks
+    (80-200 ms between brokers, client links fast), leadership transfers every 0.3 s on
+    average and kills: a consumer follows the NOT_LEADER redirect to the new leader before
+    that leader's no-op commits, asks for an offset above its trailing high watermark, and
+    resets: to the earliest offset or that high watermark (it goes backwards and re-reads)
+    or past records it never saw (a skip)."""
+    _caught(7)
+
+
 def test_defect_9_fsync_never_forgets_votes_on_sigkill() -> None:
     """#12 defect 9. Patch: with ``storage.fsync=never`` term and vote are only kept in memory
     (written at close(); no sync job wrote them). Faults: plain SIGKILLs of one, a minority or
@@ -125,6 +140,19 @@ def test_defect_9_fsync_never_forgets_votes_on_sigkill() -> None:
     under which "never" is allowed to lose data): a restarted broker forgot its vote and
     votes again in the same term, two leaders in one term."""
     _caught(9)
+
+
+def test_defect_10_reseal_under_a_new_producer_id() -> None:
+    """#12 defect 10. Patch: on OUT_OF_ORDER_SEQUENCE for its oldest unacknowledged batch the
+    producer drops its id and reseals the partition's pending batches from sequence 0 under a
+    FRESH producer id from InitProducerId (before 6b1f6ad), instead of bumping its epoch.
+    Faults: no nemesis; producer ids expire after 300 ms of log time (so a producer idle on a
+    partition is forgotten there and meets OUT_OF_ORDER_SEQUENCE), and LateProduceCopy: the
+    network keeps a copy of each producer session's first Produce request (sequence 0) and
+    delivers it once that client's next session has written to the partition. The old id is
+    unknown there, so the copy opens a new session and is appended a second time
+    (duplicate under idempotence); with the bumped epoch it is fenced (PRODUCER_FENCED)."""
+    _caught(10)
 
 
 def test_defect_12_failed_write_acknowledged() -> None:
@@ -173,16 +201,19 @@ def test_defect_17_snapshots_grow_without_bound() -> None:
     _caught(17)
 
 
-# ---------------------------------------------------------------------------- not exposed
+# ---------------------------------------------------------------------------- patch is real
 #
-# Defects whose put-back the system simulation did NOT find within a reasonable number of
-# seeds of any configuration tried (docs/simulation.md, "Put-back defects", says what was
-# tried). Their closest honest test: the product's own regression test for the defect, run
-# with the put-back patch, must fail, which shows the patch really reinstates the defect (so
-# the simulation's silence is about reach, not about a patch that changes nothing). No
-# detection by the simulation is claimed for them.
+# The product's own regression test for a defect, run with the put-back patch, must fail (and
+# pass without it): the patch really reinstates the defect. For defect 3, which the system
+# simulation did NOT find within a reasonable number of seeds of any configuration tried
+# (docs/simulation.md, "Put-back defects", says what was tried), this is the closest honest
+# test: the simulation's silence is about reach, not about a patch that changes nothing; no
+# detection by the simulation is claimed for it. For 7 and 10, whose patches rewrite more than
+# one function, it checks the patches against the regression tests of the fixes.
 
-NOT_EXPOSED: dict[int, list[str]] = {
+NOT_EXPOSED = (3,)
+
+REGRESSION_TESTS: dict[int, list[str]] = {
     # Raft core, with pre-vote and check-quorum off as in its regression test: a grant at the
     # node's current term leaves before the vote is durable.
     3: [
@@ -194,22 +225,24 @@ NOT_EXPOSED: dict[int, list[str]] = {
         "test_fetch_between_high_watermark_and_log_end_is_empty_not_out_of_range",
         "tests/client/test_consumer_failover.py::test_out_of_range_once_on_the_new_leader_skips_nothing",
     ],
+    # the producer's reseal under a fresh producer id: a delayed copy under the old id lands
+    10: [
+        "tests/client/test_fencing.py::"
+        "test_delayed_copy_under_the_old_epoch_is_fenced_not_appended_after_its_successor",
+    ],
 }
 
 
-@pytest.mark.parametrize("defect", sorted(NOT_EXPOSED))
-def test_not_exposed_defects_patch_is_real(defect: int) -> None:
-    """#12 defects 3 and 7: put back (putback.py ``_patch_3``, ``_patch_7``), their
-    regression tests fail; they pass without the patch. Why the system
-    simulation does not find them within a bound: see the module docstring of putback.py and
-    docs/simulation.md. Defect 10 has no put-back (the old producer's resealing under a new
-    producer id was replaced wholesale, not patched, by 6b1f6ad)."""
+@pytest.mark.parametrize("defect", sorted(REGRESSION_TESTS))
+def test_patch_is_real(defect: int) -> None:
+    """#12 defects 3, 7 and 10 put back (putback.py ``_patch_3``, ``_patch_7``,
+    ``_patch_10``): their regression tests fail; they pass without the patch."""
     root = ROOT
     code = (
         "import sys, pytest\n"
         "from tests.system_sim.putback import putback\n"
         f"with putback({defect}):\n"
-        f"    rc = pytest.main(['-q', '-p', 'no:cacheprovider', *{NOT_EXPOSED[defect]!r}])\n"
+        f"    rc = pytest.main(['-q', '-p', 'no:cacheprovider', *{REGRESSION_TESTS[defect]!r}])\n"
         "sys.exit(int(rc))\n"
     )
     patched = subprocess.run(
@@ -219,13 +252,20 @@ def test_not_exposed_defects_patch_is_real(defect: int) -> None:
         f"defect {defect} put back, yet its tests pass:\n{patched.stdout}"
     )
     clean = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *NOT_EXPOSED[defect]],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *REGRESSION_TESTS[defect]],
         cwd=root,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert clean.returncode == 0, f"defect {defect}'s tests fail WITHOUT the patch:\n{clean.stdout}"
+
+
+@pytest.mark.parametrize("defect", NOT_EXPOSED)
+def test_not_exposed_defects_have_no_bound(defect: int) -> None:
+    """A defect the simulation does not find has no bound (none is claimed) and is checked by
+    ``test_patch_is_real`` instead."""
+    assert defect not in BOUNDS and defect in REGRESSION_TESTS
 
 
 @pytest.mark.parametrize("defect", sorted(BOUNDS))
