@@ -156,11 +156,24 @@ class FileData:
             return
         fd = self._bfd(f)
         os.ftruncate(fd, f.bvalid)  # bytes truncated away must not come back on extension
-        for n in sorted(f.pages):
-            count = min(PAGE, f.size - n * PAGE)
-            if count > 0:
-                os.pwrite(fd, f.pages[n][:count], n * PAGE)
+        self.write_back(f, sorted(f.pages))
         os.ftruncate(fd, f.size)
         os.fsync(fd)
         f.pages.clear()
         f.bsize = f.bvalid = f.size
+
+    def write_back(self, f: Inode, pages: list[int]) -> int:
+        """Writes the given dirty pages (sorted) to the backing file, a run of adjacent pages
+        per call (an fsync of a segment is then a few large writes); returns how many."""
+        fd, written, i = self._bfd(f), 0, 0
+        while i < len(pages):
+            j = i + 1
+            while j < len(pages) and pages[j] == pages[j - 1] + 1:
+                j += 1
+            start = pages[i] * PAGE
+            end = min((pages[j - 1] + 1) * PAGE, f.size)
+            if end > start:
+                os.pwrite(fd, b"".join(f.pages[n] for n in pages[i:j])[: end - start], start)
+                written += -(-(end - start) // PAGE)
+            i = j
+        return written

@@ -29,7 +29,7 @@ import stat
 import time
 from collections import OrderedDict
 
-from chaos.lazyfs.data import PAGE, STAGE, FileData, Inode, Op, err
+from chaos.lazyfs.data import STAGE, FileData, Inode, Op, err
 
 HIDDEN = ".fuse_hidden"  # libfuse's names for open files that were unlinked
 
@@ -322,13 +322,8 @@ class Model(FileData):
                 if not f.pages or not f.has_backing:
                     continue
                 pages = sorted(f.pages)[: rng.randint(0, len(f.pages))]
-                fd = self._bfd(f)
-                for n in pages:
-                    count = min(PAGE, f.size - n * PAGE)
-                    if count > 0:
-                        os.pwrite(fd, f.pages[n][:count], n * PAGE)
-                        kept += 1
-                os.fsync(fd)
+                kept += self.write_back(f, pages)
+                os.fsync(self._bfd(f))
         self._load()
         return {"lost_pages": lost_pages - kept, "torn_pages_kept": kept, "lost_ops": lost_ops}
 

@@ -79,7 +79,7 @@ class LazyFS:
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 15.0) -> LazyFS:
+    def start(self, timeout: float = 30.0) -> LazyFS:
         reason = fuse_unavailable_reason()
         if reason is not None:
             raise RuntimeError(f"LazyFS cannot run on this machine: {reason}")

@@ -500,3 +500,67 @@ def test_ctl_command_line(lazy: LazyFS) -> None:
     crash = subprocess.run([*run, "crash", "5"], capture_output=True, text=True, cwd=repo)
     assert crash.returncode == 0, crash.stderr
     assert names(Path(lazy.mountpoint)) == []
+
+
+def test_random_operations_lose_exactly_what_was_not_synced(lazy: LazyFS) -> None:
+    """One folder, random creates/writes/truncates/renames/unlinks/fsyncs and crashes, checked
+    against a small oracle of the rules: data is durable at its file's fsync, entry changes
+    at the folder's fsync, in order."""
+    m, rng = Path(lazy.mountpoint), random.Random(5)
+    cur: dict[str, int] = {}  # name -> inode, as processes see it
+    dur: dict[str, int] = {}  # name -> inode, in the durable image
+    pending: list[tuple[str, ...]] = []
+    data: dict[int, bytearray] = {}
+    durable: dict[int, bytes] = {}
+    for step in range(400):
+        roll, name = rng.random(), f"n{rng.randrange(6)}"
+        if roll < 0.25:
+            put(m / name, payload := rng.randbytes(rng.randrange(0, 3 * PAGE)))
+            if name not in cur:
+                cur[name] = step
+                durable[step] = b""
+                pending.append(("link", name, str(step)))
+            data[cur[name]] = bytearray(payload)
+        elif roll < 0.4 and name in cur:
+            off, payload = rng.randrange(0, 10_000), rng.randbytes(rng.randrange(1, 5000))
+            fd = os.open(m / name, os.O_WRONLY)
+            os.pwrite(fd, payload, off)
+            os.close(fd)
+            buf = data[cur[name]]
+            buf.extend(bytes(max(0, off - len(buf))))
+            buf[off : off + len(payload)] = payload
+        elif roll < 0.47 and name in cur:
+            size = rng.randrange(0, 10_000)
+            os.truncate(m / name, size)
+            del data[cur[name]][size:]
+            data[cur[name]].extend(bytes(size - len(data[cur[name]])))
+        elif roll < 0.6 and name in cur:
+            fd = os.open(m / name, os.O_RDONLY)
+            (os.fdatasync if step % 2 else os.fsync)(fd)
+            os.close(fd)
+            durable[cur[name]] = bytes(data[cur[name]])
+        elif roll < 0.68 and name in cur:
+            os.unlink(m / name)
+            del cur[name]
+            pending.append(("unlink", name))
+        elif roll < 0.8 and name in cur:
+            new = f"n{rng.randrange(6)}"
+            os.replace(m / name, m / new)
+            if new != name:
+                cur[new] = cur.pop(name)
+                pending.append(("rename", name, new))
+        elif roll < 0.92:
+            fsync_dir(m)
+            for op in pending:
+                if op[0] == "link":
+                    dur[op[1]] = int(op[2])
+                elif op[0] == "unlink":
+                    del dur[op[1]]
+                else:
+                    dur[op[2]] = dur.pop(op[1])
+            pending.clear()
+        else:
+            lazy.crash()
+            cur, pending = dict(dur), []
+            data = {ino: bytearray(durable[ino]) for ino in dur.values()}
+        assert tree(m) == {f"./{n}": bytes(data[i]) for n, i in cur.items()}, step
