@@ -217,9 +217,12 @@ class ProducerTable:
         if now is self._now:
             return
         self._now = now
+        self._drop_expired()
+
+    def _drop_expired(self) -> None:
         if self._expiry_ms < 0:
             return
-        entries = self._entries
+        entries, now = self._entries, self._now
         while entries:
             oldest = next(iter(entries.values()))
             if not is_expired(oldest, now, self._expiry_ms):
@@ -229,15 +232,26 @@ class ProducerTable:
     def apply(
         self, header: BatchHeader, base_offset: int, last_offset: int
     ) -> BatchMetadata | None:
-        """The apply-time decision for an idempotent batch: :meth:`check`, then the log time
-        moves (whatever the outcome), then :meth:`record` if it was appended. Returns the
-        original batch for a duplicate; raises for a rejected one."""
+        """The apply-time decision for an idempotent batch: :meth:`check` at the log time
+        before it, then the log time moves (whatever the outcome), then :meth:`record` if it
+        was appended, and only then are expired producers dropped. Returns the original batch
+        for a duplicate; raises for a rejected one.
+
+        The drop comes last: the batch's own timestamp must not expire the producer that is
+        appending it. Dropping first (as before) threw away the recent batches of a producer
+        whose new batch came more than ``expiry_ms`` after its previous one, although
+        ``check`` had found it alive; a retry of the previous batch was then refused as out of
+        order instead of answered as a duplicate, and the epoch bump that follows re-sends
+        records already written. The leader's stamp-time decision (``partition/tail.py``)
+        never dropped it, so the two disagreed (found by hypothesis in
+        tests/partition/test_admit.py)."""
         try:
             original = self.check(header)
         finally:
-            self.observe(header.max_timestamp)
+            self._now = self._now.after(header.max_timestamp)
         if original is None:
             self.record(header, base_offset, last_offset)
+        self._drop_expired()
         return original
 
     # --- snapshot encoding ---------------------------------------------------------------

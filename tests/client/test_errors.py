@@ -21,6 +21,7 @@ EXPECTED = {
     "NOT_LEADER": (errors.NotLeader, True, True),
     "LEADER_NOT_AVAILABLE": (errors.LeaderNotAvailable, True, True),
     "TOO_MANY_FETCH_STREAMS": (errors.TooManyFetchStreams, True, False),
+    "REPLICA_NOT_AVAILABLE": (errors.ReplicaNotAvailable, False, False),
     "UNKNOWN_TOPIC": (errors.UnknownTopic, False, True),
     "UNKNOWN_PARTITION": (errors.UnknownPartition, False, True),
     "OFFSET_OUT_OF_RANGE": (errors.OffsetOutOfRange, False, False),

@@ -162,3 +162,24 @@ def test_admit_bounds_timestamps_by_the_leaders_clock() -> None:
     strict = fresh(message_timestamp_before_max_ms=3_600_000)
     with pytest.raises(InvalidTimestamp):
         strict.admit(make_batch(1, ts=now - 3_600_001), now_ms=now)
+
+
+def test_a_producer_is_not_expired_by_its_own_batch() -> None:
+    """A producer's batch that comes more than the expiry after its previous one is appended
+    (the producer was alive before it); apply dropped the producer's recent batches anyway
+    (expired entries were dropped at the new log time before the batch was recorded), so a
+    retry of the previous batch was refused as out of order instead of answered as a
+    duplicate, and the admit-time decision disagreed (hypothesis, expiry 15 ms)."""
+    leader, log = fresh(producer_expiry_ms=15), FakeLog()
+    first = admit_and_propose(leader, log, 1, make_batch(1, pid=PID, epoch=0, seq=0, ts=1_000))
+    second = admit_and_propose(leader, log, 1, make_batch(1, pid=PID, epoch=0, seq=1, ts=1_016))
+    assert isinstance(first, Append) and isinstance(second, Append)
+    retry = make_batch(1, pid=PID, epoch=0, seq=0, ts=1_016)
+    assert leader.admit(retry) == DuplicateOf(0, 0, 1, 1)
+    for e in log.entries:
+        leader.apply(e)
+    assert leader.admit(retry) == DuplicateOf(0, 0)  # applied: still a duplicate
+    e = Entry(log.last_index + 1, 1, EntryType.NORMAL, leader.stamp(retry)[0])
+    log.write([e])
+    leader.on_log_append([e])
+    assert leader.apply(e) == Duplicate(0, 0)
