@@ -149,7 +149,8 @@ def build_records(workload: str, pairs: Sequence[Pair]) -> RecordHistory:
         elif f == spec.poll:
             if typ == "ok":
                 assert comp is not None
-                rh.polls.append(Poll(inv.process, comp.line, _poll_items(comp, spec)))
+                topic = comp.topic if comp.topic is not None else inv.topic
+                rh.polls.append(Poll(inv.process, comp.line, _poll_items(comp, spec, topic)))
             elif typ == "info":
                 rh.polls.append(Poll(inv.process, inv.line, reset=True))
         elif f == spec.assign:
@@ -163,7 +164,23 @@ def build_records(workload: str, pairs: Sequence[Pair]) -> RecordHistory:
             rh.reads.append(Read(tp, inv.process, inv.time, comp.time, comp.line,
                                  f == spec.drain or comp.final or inv.final,
                                  _read_items(comp, spec)))
+    _check_topics(rh)
     return rh
+
+
+def _check_topics(rh: RecordHistory) -> None:
+    # Records are matched by (topic, partition, offset); a poll recorded without its topic
+    # next to sends recorded with one would turn every record into a false duplicate.
+    named = any(w.tp is not None and w.tp[0] for w in rh.writes.values()) or \
+        any(r.tp[0] for r in rh.reads)
+    if not named:
+        return
+    for r in rh.reads:
+        if not r.tp[0]:
+            raise MalformedOp(r.line, "read", "topic missing while other operations name one")
+    for p in rh.polls:
+        if p.items and not p.items[0][0][0]:
+            raise MalformedOp(p.line, "poll", "topic missing while other operations name one")
 
 
 def _add_write(rh: RecordHistory, spec: Spec, inv: Op, comp: Op | None, typ: str) -> None:
@@ -191,8 +208,8 @@ def _add_write(rh: RecordHistory, spec: Spec, inv: Op, comp: Op | None, typ: str
     rh.writes[value] = Write(value, inv.process, typ, tp, offset, inv.time, ct, inv.line)
 
 
-def _poll_items(op: Op, spec: Spec) -> list[tuple[TP, int, Hashable]]:
-    topic = op.topic or ""
+def _poll_items(op: Op, spec: Spec, topic: str | None) -> list[tuple[TP, int, Hashable]]:
+    topic = topic or ""
     out: list[tuple[TP, int, Hashable]] = []
     if not isinstance(op.value, list):
         raise MalformedOp(op.line, op.f, "value must be a list of records")
