@@ -242,7 +242,7 @@ def test_log_without_a_marked_final_read_uses_the_latest() -> None:
 
 
 def cdc(h: H, p: Any, key: str, version: int, offset: int | None, typ: str = "ok") -> None:
-    kw = {"topic": "c", "partition": 0, "key": key}
+    kw: dict[str, Any] = {"topic": "c", "partition": 0, "key": key}
     if typ == "ok":
         h.op(p, "cdc-send", version, inv=kw, offset=offset, **kw)
     else:
@@ -444,9 +444,9 @@ class ModelLog:
                 outcome = d(st.sampled_from(["apply"] * 4 + ["fail", "info"]))
                 if outcome == "apply":
                     self.next_offset[part] += d(st.sampled_from([0, 0, 0, 1]))  # control entry
-                    st_["offset"] = self.next_offset[part]
+                    offset = st_["offset"] = self.next_offset[part]
                     self.next_offset[part] += 1
-                    self.logs[part].append((st_["offset"], v))
+                    self.logs[part].append((offset, v))
                     return
                 self.h.ev(proc, outcome, send, wire, **kw)
             else:
@@ -491,9 +491,9 @@ class ModelLog:
                 self.step(proc)
         for part in range(PARTS):
             items = [self.item(part, o, v, False) for o, v in self.logs[part]]
-            f, kw = {"queue": ("drain", {}), "log": ("read", {"final": True}),
-                     "cdc": ("cdc-drain", {})}[self.w]
-            self.h.op("final", f, None, out=items, topic="q", partition=part, **kw)
+            f = {"queue": "drain", "log": "read", "cdc": "cdc-drain"}[self.w]
+            self.h.op("final", f, None, out=items, topic="q", partition=part,
+                      final=self.w == "log")
         return self.h
 
 
