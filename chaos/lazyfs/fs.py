@@ -147,10 +147,13 @@ class LazyOps(mfusepy.Operations):
 
     @locked
     def utimens(
-        self, path: str, times: tuple[int, int] | None = None, fh: int | None = None
+        self, path: str, times: tuple[int | None, int | None] | None = None, fh: int | None = None
     ) -> int:
         node = self._node(path, fh)
-        node.atime, node.mtime = times if times else (time.time_ns(), time.time_ns())
+        now = time.time_ns()
+        atime, mtime = times if times else (now, now)
+        node.atime = node.atime if atime is None else atime
+        node.mtime = node.mtime if mtime is None else mtime
         return 0
 
     @locked
@@ -321,6 +324,16 @@ class LazyOps(mfusepy.Operations):
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def _ns(ts: Any, now: int) -> int | None:
+    """A timespec from utimensat in nanoseconds; None for UTIME_OMIT (leave as is)."""
+    if ts.tv_nsec == UTIME_OMIT:
+        return None
+    return now if ts.tv_nsec == UTIME_NOW else ts.tv_sec * 10**9 + ts.tv_nsec
+
+
 def with_suppressed_unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -355,10 +368,8 @@ class LazyFUSE(mfusepy.FUSE):
         decoded, fh = self._args(path, fip)
         times = None
         if buf:
-            times = (
-                mfusepy.time_of_timespec(buf.contents.actime, use_ns=True),
-                mfusepy.time_of_timespec(buf.contents.modtime, use_ns=True),
-            )
+            now = time.time_ns()
+            times = tuple(_ns(ts, now) for ts in (buf.contents.actime, buf.contents.modtime))
         return self.operations.utimens(decoded, times, fh)
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:

@@ -564,3 +564,15 @@ def test_random_operations_lose_exactly_what_was_not_synced(lazy: LazyFS) -> Non
             cur, pending = dict(dur), []
             data = {ino: bytearray(durable[ino]) for ino in dur.values()}
         assert tree(m) == {f"./{n}": bytes(data[i]) for n, i in cur.items()}, step
+
+
+def test_times_and_mode(lazy: LazyFS) -> None:
+    m = Path(lazy.mountpoint)
+    put(m / "f", b"")
+    os.utime(m / "f", ns=(1_000_000_001, 2_000_000_002))
+    st = os.stat(m / "f")
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_001, 2_000_000_002)
+    os.utime(m / "f")  # UTIME_NOW
+    assert os.stat(m / "f").st_mtime_ns > 2_000_000_002
+    os.chmod(m / "f", 0o600)
+    assert os.stat(m / "f").st_mode & 0o777 == 0o600
