@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
+from chaos.cluster import ACTIVE
 from chaos.nemesis import NEMESES
 from chaos.workloads import WORKLOADS
 
@@ -116,14 +118,23 @@ def main(argv: list[str] | None = None) -> int:
         quiet=args.quiet,
     )
     opts.out = args.out or Path(f"chaos-{args.seed if args.seed is not None else 'run'}")
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = asyncio.run(run(opts))
     except KeyboardInterrupt:
         print("replog chaos: interrupted; the cluster was stopped", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for cluster in list(ACTIVE):  # whatever an interrupted run could not stop itself
+            cluster.stop()
     print(summary(results))
     print(f"wrote {opts.out}/history.jsonl, results.json, report.html")
     return 0 if results["valid"] is True else 1
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _check(folder: Path) -> int:

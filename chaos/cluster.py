@@ -30,6 +30,8 @@ from chaos.toxiproxy.launcher import ToxiproxyHandle, start_toxiproxy
 REPO = Path(__file__).resolve().parents[1]
 # toxiproxy-python passes no timeout to requests: the process-wide default bounds each API call.
 API_TIMEOUT_S = 10.0
+# Clusters started and not yet stopped: the CLI stops these on any exit (SIGTERM included).
+ACTIVE: list[ChaosCluster] = []
 
 
 def free_ports(n: int) -> list[int]:
@@ -125,6 +127,7 @@ class ChaosCluster:
     def start(self) -> ChaosCluster:
         socket.setdefaulttimeout(API_TIMEOUT_S)
         self.root.mkdir(parents=True, exist_ok=True)
+        ACTIVE.append(self)
         try:
             self._start()
         except BaseException:
@@ -218,6 +221,8 @@ class ChaosCluster:
             with contextlib.suppress(Exception):
                 self.toxi.stop()
             self.toxi = None
+        if self in ACTIVE:
+            ACTIVE.remove(self)
 
     def __enter__(self) -> ChaosCluster:
         return self

@@ -28,6 +28,7 @@ from chaos.workloads import Context, Workload, make_workload
 from chaos.workloads.clients import admin
 
 RECOVERY_S = 90.0
+NEMESIS_OP_S = 120.0  # bound on injecting or undoing one fault (a crash-after-create writes)
 
 
 @dataclass
@@ -187,7 +188,7 @@ async def _run_phases(
         ctx.stop.set()
         if nemesis is not None:
             _say(opts, "chaos: healing every fault")
-            await nemesis.heal()
+            await asyncio.wait_for(nemesis.heal(), NEMESIS_OP_S)
         _done, pending = await asyncio.wait(tasks, timeout=ctx.op_timeout_s * 3)
         for t in pending:
             t.cancel()
@@ -221,11 +222,12 @@ async def _schedule(opts: Options, ctx: Context, nemesis: Nemesis | None, start:
             next_progress += 10
         if nemesis is not None and rotation and now >= next_switch:
             if on:
-                await nemesis.stop_fault()
+                await asyncio.wait_for(nemesis.stop_fault(), NEMESIS_OP_S)
                 current, on = None, False
                 next_switch = time.monotonic() + fault_s / 2
             else:
-                current = await nemesis.start_fault(rotation[k % len(rotation)])
+                name = rotation[k % len(rotation)]
+                current = await asyncio.wait_for(nemesis.start_fault(name), NEMESIS_OP_S)
                 k += 1
                 on = True
                 next_switch = time.monotonic() + fault_s
@@ -247,10 +249,8 @@ async def _leaders(ctx: Context, workloads: list[Workload]) -> dict[str, int]:
 def _fresh_topic_writer(queue: Any) -> Any:
     async def write(topic: str) -> int:
         await queue.add_topic(topic, 2)
-        acked = 0
-        for _ in range(40):
-            acked += await queue.send_one(queue.ctx.new_process(), topic, 20_000)
-        return acked
+        sends = [queue.send_one(queue.ctx.new_process(), topic, 20_000 + k) for k in range(20)]
+        return sum(await asyncio.gather(*sends))
 
     return write
 

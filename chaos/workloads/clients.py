@@ -15,8 +15,9 @@ from client.errors import ReplogError, TopicExists, UnknownTopic
 
 
 async def bounded(aw: Awaitable[Any], timeout_s: float) -> Any:
-    """Await with a deadline, swallowing errors: for closes and best-effort clean-up."""
-    with contextlib.suppress(Exception, asyncio.CancelledError):
+    """Await with a deadline, swallowing errors: for closes and best-effort clean-up. A
+    cancellation of the caller is never swallowed (a cancelled loop must stop)."""
+    with contextlib.suppress(Exception):
         return await asyncio.wait_for(aw, timeout_s)
     return None
 

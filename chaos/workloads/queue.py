@@ -23,7 +23,7 @@ from client import Consumer, ConsumerConfig, Producer, ProducerConfig
 from client.errors import ReplogError, TopicExists, UnknownTopic
 
 # Errors that end an operation: the client's own, timeouts, and a connection torn by a fault.
-OP_ERRORS = (ReplogError, TimeoutError, OSError, asyncio.CancelledError)
+OP_ERRORS = (ReplogError, TimeoutError, OSError)
 
 
 class QueueWorkload(Workload):
