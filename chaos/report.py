@@ -33,14 +33,19 @@ def fault_windows(ops: Sequence[Op]) -> list[dict[str, Any]]:
     t0, t_end = ops[0].time, ops[-1].time
     out: list[dict[str, Any]] = []
     open_: dict[str, Any] | None = None
+    invoked = t0
     for op in ops:
-        if op.process != "nemesis" or op.type != "info":
+        if op.process != "nemesis":
+            continue
+        if op.type == "invoke":
+            # A fault begins when its injection begins (a power loss is over by its info).
+            invoked = op.time
             continue
         value = op.value if isinstance(op.value, dict) else {}
         if op.f == "start":
             open_ = {
                 "fault": value.get("fault", "?"),
-                "start": (op.time - t0) / NS,
+                "start": (invoked - t0) / NS,
                 "end": None,
                 "detail": value,
             }
