@@ -102,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes < 1 or args.dcs < 1 or args.time <= 0 or args.rate <= 0:
         print("replog chaos: --nodes, --dcs, --time and --rate must be positive", file=sys.stderr)
         return 2
+    if args.bootstrap and args.nemesis != ["none"]:
+        print(
+            "replog chaos: --bootstrap runs workloads only; use --nemesis none (faults "
+            "need the processes and proxies the suite starts itself)",
+            file=sys.stderr,
+        )
+        return 2
     opts = Options(
         nodes=args.nodes,
         dcs=args.dcs,

@@ -103,7 +103,7 @@ async def run(opts: Options) -> dict[str, Any]:
         if fuse_reason:
             _say(opts, f"chaos: FUSE unavailable, power-loss nemesis skipped: {fuse_reason}")
     if opts.bootstrap and opts.nemeses != ["none"]:
-        raise SystemExit(
+        raise ValueError(
             "--bootstrap runs workloads against an existing cluster; "
             "only --nemesis none is supported there (the suite drives faults "
             "only on clusters it starts)"
