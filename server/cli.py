@@ -53,6 +53,7 @@ CLIENT_COMMANDS: dict[str, str] = {
     "topic": "create, list, describe, delete topics",
     "produce": "append records to a topic, one per stdin line",
     "consume": "read records from a topic",
+    "partition": "verify a partition: every replica equal at equal offsets",
 }
 
 
@@ -66,6 +67,7 @@ def _top_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("server", help="run one broker (a long-running process)")
     commands.add_parser("dev", help="run a local multi-broker cluster on loopback")
+    commands.add_parser("chaos", help="run a workload against a cluster under faults, check it")
     for name, text in CLIENT_COMMANDS.items():
         commands.add_parser(name, help=text)
     return parser
@@ -202,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from server.dev import main as dev_main
 
             return dev_main(args[1:])
+        if command == "chaos":
+            from chaos.cli import main as chaos_main
+
+            return int(chaos_main(args[1:]))
         from client.cli import main as client_main
 
         return int(client_main(args))
