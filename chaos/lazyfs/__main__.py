@@ -33,6 +33,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("mountpoint")
     parser.add_argument("--backing", required=True, help="the durable image (a directory)")
     parser.add_argument("--control", help="Unix socket for ping/status/sync/crash")
+    parser.add_argument("--parent-pid", type=int, help="unmount and exit when this process is gone")
     parser.add_argument("--debug", action="store_true", help="libfuse's request trace")
     parser.add_argument(
         "--verbose", action="store_true", help="log every error a callback returns, with traceback"
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
         return 1
     from chaos.lazyfs.fs import mount  # imports mfusepy, which needs libfuse
 
-    mount(args.mountpoint, args.backing, args.control, debug=args.debug)
+    mount(args.mountpoint, args.backing, args.control, debug=args.debug, parent=args.parent_pid)
     return 0
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -378,7 +379,33 @@ class LazyFUSE(mfusepy.FUSE):
         )
 
 
-def mount(mountpoint: str, backing: str, control: str | None, debug: bool = False) -> None:
-    """Serves until unmounted (``fusermount3 -u MOUNTPOINT``)."""
+def _unmount_when_gone(parent: int, mountpoint: str) -> None:
+    while _alive(parent):
+        time.sleep(1.0)
+    log.warning("lazyfs: process %d is gone, unmounting %s", parent, mountpoint)
+    subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mount(
+    mountpoint: str,
+    backing: str,
+    control: str | None,
+    debug: bool = False,
+    parent: int | None = None,
+) -> None:
+    """Serves until unmounted (``fusermount3 -u MOUNTPOINT``), or until ``parent`` is gone."""
+    if parent is not None:
+        watch = threading.Thread(target=_unmount_when_gone, args=(parent, mountpoint), daemon=True)
+        watch.start()
     ops = LazyOps(backing, control)
     LazyFUSE(ops, mountpoint, foreground=True, debug=debug, fsname="lazyfs")

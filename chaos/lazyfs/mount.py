@@ -99,6 +99,8 @@ class LazyFS:
                     self.backing,
                     "--control",
                     self.control,
+                    "--parent-pid",  # so a killed test run does not leave a mount behind
+                    str(os.getpid()),
                     *(["--verbose"] if self.verbose else []),
                 ],
                 stdout=log,
