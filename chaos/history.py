@@ -210,7 +210,9 @@ def iter_history(lines: Iterable[str]) -> Iterator[Op]:
         except ValueError as e:
             # A torn last line (the recorder was killed mid-write) lands here too: the caller
             # decides whether to truncate the file; the reader never guesses.
-            raise MalformedLine(number, f"invalid JSON ({e.args[0] if e.args else e})", stripped) from None
+            raise MalformedLine(
+                number, f"invalid JSON ({e.args[0] if e.args else e})", stripped
+            ) from None
         yield _op_from_obj(obj, number, stripped)
 
 
@@ -230,7 +232,9 @@ def pair_ops(ops: Iterable[Op]) -> list[Pair]:
         if op.type == "invoke":
             if op.process in pending:
                 prior = pairs[pending[op.process]].invoke
-                raise UnpairedOp(op.line, op.process, f"invoked while line {prior.line} is outstanding")
+                raise UnpairedOp(
+                    op.line, op.process, f"invoked while line {prior.line} is outstanding"
+                )
             pending[op.process] = len(pairs)
             pairs.append(Pair(op, None))
             continue
@@ -270,14 +274,22 @@ class HistoryWriter:
         self._fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
         self._fh.flush()
 
-    def invoke(self, process: int | str, f: str, value: Any = None, *, time_ns: int | None = None,
-               **fields: Any) -> Op:
+    def invoke(
+        self,
+        process: int | str,
+        f: str,
+        value: Any = None,
+        *,
+        time_ns: int | None = None,
+        **fields: Any,
+    ) -> Op:
         op = _make(process, "invoke", f, value, time_ns, fields)
         self.write(op)
         return op
 
-    def complete(self, invoke: Op, type: str, value: Any = None, *, time_ns: int | None = None,
-                 **fields: Any) -> Op:
+    def complete(
+        self, invoke: Op, type: str, value: Any = None, *, time_ns: int | None = None, **fields: Any
+    ) -> Op:
         """Record the completion of ``invoke``; topic and partition are carried over unless
         given."""
         if type not in COMPLETION_TYPES:
@@ -302,8 +314,16 @@ class HistoryWriter:
         self.close()
 
 
-def _make(process: int | str, typ: str, f: str, value: Any, time_ns: int | None,
-          fields: dict[str, Any]) -> Op:
+def _make(
+    process: int | str, typ: str, f: str, value: Any, time_ns: int | None, fields: dict[str, Any]
+) -> Op:
     known = {k: fields.pop(k) for k in _KNOWN if k in fields}
-    return Op(process=process, type=typ, f=f, value=value,
-              time=time.monotonic_ns() if time_ns is None else time_ns, extra=fields, **known)
+    return Op(
+        process=process,
+        type=typ,
+        f=f,
+        value=value,
+        time=time.monotonic_ns() if time_ns is None else time_ns,
+        extra=fields,
+        **known,
+    )

@@ -61,7 +61,11 @@ RecordChecker = Callable[[RecordHistory], CheckResult]
 # Which checkers judge which record workload. Stale reads need non-final full reads, which
 # only the log workload makes (queue and cdc drains are final by definition).
 _COMMON: tuple[RecordChecker, ...] = (
-    check_lost, check_duplicates, check_inconsistent_offsets, check_unexpected, check_order,
+    check_lost,
+    check_duplicates,
+    check_inconsistent_offsets,
+    check_unexpected,
+    check_order,
     check_linearizable_appends,
 )
 RECORD_CHECKERS: dict[str, tuple[RecordChecker, ...]] = {
@@ -71,8 +75,9 @@ RECORD_CHECKERS: dict[str, tuple[RecordChecker, ...]] = {
 }
 
 
-def check_all(history: Iterable[Op] | Sequence[Pair],
-              workloads: Iterable[str] | None = None) -> dict[str, Any]:
+def check_all(
+    history: Iterable[Op] | Sequence[Pair], workloads: Iterable[str] | None = None
+) -> dict[str, Any]:
     """Check a history; ``workloads`` defaults to those whose operations occur in it. A
     requested workload with no operations is "unknown" (nothing was shown)."""
     items = list(history)
@@ -108,7 +113,9 @@ def check_all(history: Iterable[Op] | Sequence[Pair],
     return _combine(results, workload_stats, len(pairs), other_fs)
 
 
-def check_dir(path: str | os.PathLike[str], workloads: Iterable[str] | None = None) -> dict[str, Any]:
+def check_dir(
+    path: str | os.PathLike[str], workloads: Iterable[str] | None = None
+) -> dict[str, Any]:
     """What ``replog chaos check DIR`` runs: check ``DIR/history.jsonl``. A malformed history
     raises :class:`chaos.history.HistoryError` (with the line) rather than yielding a verdict."""
     return check_all(read_history(Path(path) / "history.jsonl"), workloads)
@@ -122,8 +129,12 @@ def _op_stats(pairs: Sequence[Pair]) -> dict[str, Any]:
     return {"ops": len(pairs), "by_f": by_f}
 
 
-def _combine(results: dict[str, CheckResult], workload_stats: dict[str, Any], n_pairs: int,
-             other_fs: dict[str, int]) -> dict[str, Any]:
+def _combine(
+    results: dict[str, CheckResult],
+    workload_stats: dict[str, Any],
+    n_pairs: int,
+    other_fs: dict[str, int],
+) -> dict[str, Any]:
     anomalies: dict[str, dict[str, Any]] = {}
     for name, r in results.items():
         workload = name.split("/", 1)[0]
@@ -133,12 +144,16 @@ def _combine(results: dict[str, CheckResult], workload_stats: dict[str, Any], n_
             a = anomalies.setdefault(kind, {"count": 0, "examples": []})
             a["count"] += count
             room = MAX_EXAMPLES - len(a["examples"])
-            a["examples"].extend({"workload": workload, **e} for e in r.examples.get(kind, [])[:room])
+            a["examples"].extend(
+                {"workload": workload, **e} for e in r.examples.get(kind, [])[:room]
+            )
     stats: dict[str, Any] = {
         "operations": n_pairs,
         "workloads": workload_stats,
-        "checkers": {name: {"valid": r.valid, "anomalies": r.anomalies, **r.stats}
-                     for name, r in results.items()},
+        "checkers": {
+            name: {"valid": r.valid, "anomalies": r.anomalies, **r.stats}
+            for name, r in results.items()
+        },
     }
     if other_fs:
         stats["unchecked_operations"] = other_fs

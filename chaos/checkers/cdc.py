@@ -54,24 +54,34 @@ def check_cdc_order(rh: RecordHistory) -> CheckResult:
             continue
         s = sessions.setdefault(p.process, _Session(from_start=True))
         seen += len(p.items)
-        _check(s, ((v, p.line) for _tp, _o, v in p.items), acked, an,
-               {"process": p.process})
+        _check(s, ((v, p.line) for _tp, _o, v in p.items), acked, an, {"process": p.process})
     for r in rh.reads:
         seen += len(r.items)
-        _check(_Session(from_start=True), ((v, r.line) for _o, v in r.items), acked, an,
-               {"drain_line": r.line, "partition": list(r.tp)})
+        _check(
+            _Session(from_start=True),
+            ((v, r.line) for _o, v in r.items),
+            acked,
+            an,
+            {"drain_line": r.line, "partition": list(r.tp)},
+        )
     return an.result("cdc-order", {"records_seen": seen, "keys": len(acked)})
 
 
-def _check(s: _Session, items: Iterable[tuple[Hashable, int]],
-           acked: dict[Hashable, list[int]], an: Anomalies, where: dict[str, object]) -> None:
+def _check(
+    s: _Session,
+    items: Iterable[tuple[Hashable, int]],
+    acked: dict[Hashable, list[int]],
+    an: Anomalies,
+    where: dict[str, object],
+) -> None:
     last = s.last
     for value, line in items:
         key, version = cast(tuple[Hashable, int], value)
         prev = last.get(key)
         if prev is not None and version <= prev:
-            an.add("cdc-out-of-order", {**where, "key": key, "versions": [prev, version],
-                                        "line": line})
+            an.add(
+                "cdc-out-of-order", {**where, "key": key, "versions": [prev, version], "line": line}
+            )
             continue  # keep the higher mark: a step back must not hide later gaps
         last[key] = version
         if prev is None and not s.from_start:
@@ -81,6 +91,15 @@ def _check(s: _Session, items: Iterable[tuple[Hashable, int]],
         gap = bisect.bisect_left(versions, version) - bisect.bisect_right(versions, lo)
         if gap > 0:
             i = bisect.bisect_right(versions, lo)
-            an.add("cdc-missing", {**where, "key": key, "after": prev, "got": version,
-                                   "missing": list(versions[i:i + min(gap, 8)]), "line": line},
-                   count=gap)
+            an.add(
+                "cdc-missing",
+                {
+                    **where,
+                    "key": key,
+                    "after": prev,
+                    "got": version,
+                    "missing": list(versions[i : i + min(gap, 8)]),
+                    "line": line,
+                },
+                count=gap,
+            )

@@ -47,11 +47,21 @@ def check_linearizable_appends(rh: RecordHistory) -> CheckResult:
                 i += 1
             checked += 1
             if best_w is not None and o <= best:
-                an.add("nonlinearizable-append", {
-                    "partition": list(tp), "value": w.value, "offset": o, "type": w.type,
-                    "line": w.line,
-                    "acked_before": {"value": best_w.value, "offset": best,
-                                     "line": best_w.line}})
+                an.add(
+                    "nonlinearizable-append",
+                    {
+                        "partition": list(tp),
+                        "value": w.value,
+                        "offset": o,
+                        "type": w.type,
+                        "line": w.line,
+                        "acked_before": {
+                            "value": best_w.value,
+                            "offset": best,
+                            "line": best_w.line,
+                        },
+                    },
+                )
     return an.result("linearizable-appends", {"appends_checked": checked})
 
 

@@ -58,15 +58,27 @@ def check_lost(rh: RecordHistory) -> CheckResult:
             if r.invoke_time > w.complete_time:
                 judged = True
                 if w.value not in values:
-                    an.add("lost", {"value": w.value, "partition": _tp_name(w.tp),
-                                    "offset": w.offset, "process": w.process,
-                                    "append_line": w.line, "final_read_line": r.line})
+                    an.add(
+                        "lost",
+                        {
+                            "value": w.value,
+                            "partition": _tp_name(w.tp),
+                            "offset": w.offset,
+                            "process": w.process,
+                            "append_line": w.line,
+                            "final_read_line": r.line,
+                        },
+                    )
                     break
         if not judged:
             unverified += 1
-    stats = {"acknowledged": acked, "unverified": unverified,
-             "indeterminate_present": info_present, "indeterminate_absent": info_absent,
-             "partitions_without_final_read": sorted(_tp_name(tp) for tp in unjudged_tps)}  # type: ignore[type-var]
+    stats = {
+        "acknowledged": acked,
+        "unverified": unverified,
+        "indeterminate_present": info_present,
+        "indeterminate_absent": info_absent,
+        "partitions_without_final_read": sorted(_tp_name(tp) for tp in unjudged_tps),
+    }  # type: ignore[type-var]
     return an.result("lost", stats, unknown=bool(unjudged_tps))
 
 
@@ -96,11 +108,19 @@ def check_stale_reads(rh: RecordHistory) -> CheckResult:
         missing = _missing(r, by_tp[r.tp][:k], present.get(r.tp, set()))
         if missing:
             missing_total += len(missing)
-            an.add("stale-read", {"read_line": r.line, "process": r.process,
-                                  "partition": _tp_name(r.tp), "missing": len(missing),
-                                  "missing_examples": [{"value": w.value, "offset": w.offset,
-                                                        "append_line": w.line}
-                                                       for w in missing[:4]]})
+            an.add(
+                "stale-read",
+                {
+                    "read_line": r.line,
+                    "process": r.process,
+                    "partition": _tp_name(r.tp),
+                    "missing": len(missing),
+                    "missing_examples": [
+                        {"value": w.value, "offset": w.offset, "append_line": w.line}
+                        for w in missing[:4]
+                    ],
+                },
+            )
     return an.result("stale-read", {"reads_checked": checked, "missing_records": missing_total})
 
 

@@ -58,23 +58,40 @@ def check_metadata(pairs: Sequence[Pair]) -> CheckResult:
     finals: dict[object, set[str]] = {}
     for p in pairs:
         c = p.completion
-        if p.invoke.f == "list" and c is not None and c.type == "ok" and (c.final or p.invoke.final):
-            node = c.node if c.node is not None else (p.invoke.node if p.invoke.node is not None
-                                                      else p.invoke.process)
+        if (
+            p.invoke.f == "list"
+            and c is not None
+            and c.type == "ok"
+            and (c.final or p.invoke.final)
+        ):
+            node = (
+                c.node
+                if c.node is not None
+                else (p.invoke.node if p.invoke.node is not None else p.invoke.process)
+            )
             # A later final list of the same broker replaces an earlier one.
             finals[node] = {t for t in (c.value or []) if isinstance(t, str)}
     expected = expected_topics(pairs)
     an = Anomalies()
-    stats = {"brokers_listed": len(finals), "topics_touched": len(expected),
-             "uncertain_topics": sum(1 for v in expected.values() if v == EITHER)}
+    stats = {
+        "brokers_listed": len(finals),
+        "topics_touched": len(expected),
+        "uncertain_topics": sum(1 for v in expected.values() if v == EITHER),
+    }
     if not finals:
         return an.result("metadata", stats, unknown=True)
     nodes = sorted(finals, key=str)
     for topic in sorted(set().union(*finals.values())):
         have = [n for n in nodes if topic in finals[n]]
         if len(have) != len(nodes):
-            an.add("metadata-divergence", {"topic": topic, "present_on": have,
-                                           "absent_on": [n for n in nodes if n not in have]})
+            an.add(
+                "metadata-divergence",
+                {
+                    "topic": topic,
+                    "present_on": have,
+                    "absent_on": [n for n in nodes if n not in have],
+                },
+            )
     for topic, want in sorted(expected.items()):
         if want == EITHER:
             continue

@@ -64,13 +64,26 @@ def check_inconsistent_offsets(rh: RecordHistory) -> CheckResult:
         if cur is None:
             seen_at = where.get(w.value)
             if seen_at is not None:
-                an.add("inconsistent-offset", {"value": w.value, "acked_at": _loc(loc),
-                                               "seen_at": _loc(seen_at), "append_line": w.line})
+                an.add(
+                    "inconsistent-offset",
+                    {
+                        "value": w.value,
+                        "acked_at": _loc(loc),
+                        "seen_at": _loc(seen_at),
+                        "append_line": w.line,
+                    },
+                )
         elif cur != w.value:
             conflicts.setdefault(loc, {cur: 0}).setdefault(w.value, w.line)
     for loc, values in conflicts.items():
-        an.add("inconsistent-offset", {"at": _loc(loc), "values": list(values),
-                                       "lines": [ln for ln in values.values() if ln]})
+        an.add(
+            "inconsistent-offset",
+            {
+                "at": _loc(loc),
+                "values": list(values),
+                "lines": [ln for ln in values.values() if ln],
+            },
+        )
     return an.result("inconsistent-offset", {"positions_seen": len(at)})
 
 

@@ -44,8 +44,10 @@ def check_order(rh: RecordHistory) -> CheckResult:
         last = None
         for o, _v in r.items:
             if last is not None and o <= last:
-                an.add("read-order", {"read_line": r.line, "partition": list(r.tp),
-                                      "offsets": [last, o]})
+                an.add(
+                    "read-order",
+                    {"read_line": r.line, "partition": list(r.tp), "offsets": [last, o]},
+                )
                 break
             last = o
     return an.result("order", {"consumer_polls": sum(1 for p in rh.polls if not p.reset)})
@@ -63,9 +65,15 @@ def _producers(rh: RecordHistory, final_offset: dict[Hashable, int], an: Anomali
         k = (w.process, w.tp)
         prev = last.get(k)
         if prev is not None and o < prev[0]:
-            an.add("reorder", {"process": w.process, "partition": list(w.tp),
-                               "earlier": {"value": prev[1], "offset": prev[0], "line": prev[2]},
-                               "later": {"value": w.value, "offset": o, "line": w.line}})
+            an.add(
+                "reorder",
+                {
+                    "process": w.process,
+                    "partition": list(w.tp),
+                    "earlier": {"value": prev[1], "offset": prev[0], "line": prev[2]},
+                    "later": {"value": w.value, "offset": o, "line": w.line},
+                },
+            )
         last[k] = (o, w.value, w.line)
 
 
@@ -82,14 +90,28 @@ def _consumers(rh: RecordHistory, rank: dict[TP, dict[int, int]], an: Anomalies)
             if prev is None:
                 continue
             if o <= prev:
-                an.add("poll-nonmonotonic", {"process": p.process, "partition": list(tp),
-                                             "offsets": [prev, o], "poll_line": p.line})
+                an.add(
+                    "poll-nonmonotonic",
+                    {
+                        "process": p.process,
+                        "partition": list(tp),
+                        "offsets": [prev, o],
+                        "poll_line": p.line,
+                    },
+                )
                 continue
             ranks = rank.get(tp)
             if ranks is None:
                 continue
             a, b = ranks.get(prev), ranks.get(o)
             if a is not None and b is not None and b - a > 1:
-                an.add("poll-skip", {"process": p.process, "partition": list(tp),
-                                     "offsets": [prev, o], "skipped": b - a - 1,
-                                     "poll_line": p.line})
+                an.add(
+                    "poll-skip",
+                    {
+                        "process": p.process,
+                        "partition": list(tp),
+                        "offsets": [prev, o],
+                        "skipped": b - a - 1,
+                        "poll_line": p.line,
+                    },
+                )

@@ -40,8 +40,14 @@ class Spec:
 SPECS: dict[str, Spec] = {
     "queue": Spec(send="send", poll="poll", drain="drain", read=None, assign="assign"),
     "log": Spec(send="append", poll=None, drain=None, read="read", assign=None),
-    "cdc": Spec(send="cdc-send", poll="cdc-poll", drain="cdc-drain", read=None,
-                assign="cdc-assign", cdc=True),
+    "cdc": Spec(
+        send="cdc-send",
+        poll="cdc-poll",
+        drain="cdc-drain",
+        read=None,
+        assign="cdc-assign",
+        cdc=True,
+    ),
 }
 
 
@@ -161,9 +167,17 @@ def build_records(workload: str, pairs: Sequence[Pair]) -> RecordHistory:
             tp = _tp(comp, inv)
             if tp is None:
                 raise MalformedOp(comp.line, f, "a read/drain needs a partition")
-            rh.reads.append(Read(tp, inv.process, inv.time, comp.time, comp.line,
-                                 f == spec.drain or comp.final or inv.final,
-                                 _read_items(comp, spec)))
+            rh.reads.append(
+                Read(
+                    tp,
+                    inv.process,
+                    inv.time,
+                    comp.time,
+                    comp.line,
+                    f == spec.drain or comp.final or inv.final,
+                    _read_items(comp, spec),
+                )
+            )
     _check_topics(rh)
     return rh
 
@@ -171,8 +185,9 @@ def build_records(workload: str, pairs: Sequence[Pair]) -> RecordHistory:
 def _check_topics(rh: RecordHistory) -> None:
     # Records are matched by (topic, partition, offset); a poll recorded without its topic
     # next to sends recorded with one would turn every record into a false duplicate.
-    named = any(w.tp is not None and w.tp[0] for w in rh.writes.values()) or \
-        any(r.tp[0] for r in rh.reads)
+    named = any(w.tp is not None and w.tp[0] for w in rh.writes.values()) or any(
+        r.tp[0] for r in rh.reads
+    )
     if not named:
         return
     for r in rh.reads:
@@ -195,8 +210,11 @@ def _add_write(rh: RecordHistory, spec: Spec, inv: Op, comp: Op | None, typ: str
             raise MalformedOp(inv.line, inv.f, str(e)) from None
     if value in rh.writes:
         # Checks identify a record by its value; a reused value would make loss undecidable.
-        raise MalformedOp(inv.line, inv.f, f"value {value!r} already sent on line "
-                          f"{rh.writes[value].line}; values must be unique")
+        raise MalformedOp(
+            inv.line,
+            inv.f,
+            f"value {value!r} already sent on line {rh.writes[value].line}; values must be unique",
+        )
     offset = None
     if typ == "ok":
         assert comp is not None
@@ -215,9 +233,15 @@ def _poll_items(op: Op, spec: Spec, topic: str | None) -> list[tuple[TP, int, Ha
         raise MalformedOp(op.line, op.f, "value must be a list of records")
     width = 4 if spec.cdc else 3
     for item in op.value:
-        if not isinstance(item, list) or len(item) != width or not _int(item[0]) \
-                or not _int(item[1]):
-            shape = "[partition, offset, key, version]" if spec.cdc else "[partition, offset, value]"
+        if (
+            not isinstance(item, list)
+            or len(item) != width
+            or not _int(item[0])
+            or not _int(item[1])
+        ):
+            shape = (
+                "[partition, offset, key, version]" if spec.cdc else "[partition, offset, value]"
+            )
             raise MalformedOp(op.line, op.f, f"each record must be {shape}, got {item!r}")
         v = (_hashable(item[2]), item[3]) if spec.cdc else _hashable(item[2])
         out.append(((topic, item[0]), item[1], v))

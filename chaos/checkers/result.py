@@ -39,8 +39,12 @@ class CheckResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"valid": self.valid, "anomalies": dict(self.anomalies),
-                "examples": {k: list(v) for k, v in self.examples.items()}, "stats": self.stats}
+        return {
+            "valid": self.valid,
+            "anomalies": dict(self.anomalies),
+            "examples": {k: list(v) for k, v in self.examples.items()},
+            "stats": self.stats,
+        }
 
 
 class Anomalies:
@@ -59,8 +63,9 @@ class Anomalies:
         if len(bucket) < self.limit:
             bucket.append(example)
 
-    def result(self, name: str, stats: dict[str, Any] | None = None,
-               unknown: bool = False) -> CheckResult:
+    def result(
+        self, name: str, stats: dict[str, Any] | None = None, unknown: bool = False
+    ) -> CheckResult:
         if any(self.counts.values()):
             valid: Valid = False
         else:

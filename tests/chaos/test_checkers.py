@@ -35,21 +35,38 @@ class H:
 
     def ev(self, process: Any, typ: str, f: str, value: Any = None, **kw: Any) -> Op:
         self.t += 10
-        op = Op(process=process, type=typ, f=f, value=value, time=self.t,
-                line=len(self.ops) + 1, **kw)
+        op = Op(
+            process=process, type=typ, f=f, value=value, time=self.t, line=len(self.ops) + 1, **kw
+        )
         self.ops.append(op)
         return op
 
-    def op(self, process: Any, f: str, value: Any = None, typ: str = "ok", out: Any = None,
-           inv: dict[str, Any] | None = None, **kw: Any) -> None:
+    def op(
+        self,
+        process: Any,
+        f: str,
+        value: Any = None,
+        typ: str = "ok",
+        out: Any = None,
+        inv: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
         self.ev(process, "invoke", f, value, **(inv if inv is not None else kw))
         self.ev(process, typ, f, value if out is None else out, **kw)
 
-    def send(self, p: Any, v: Any, offset: int | None, part: int = 0, typ: str = "ok",
-             f: str = "send") -> None:
+    def send(
+        self, p: Any, v: Any, offset: int | None, part: int = 0, typ: str = "ok", f: str = "send"
+    ) -> None:
         if typ == "ok":
-            self.op(p, f, v, inv={"topic": "q", "partition": part}, topic="q", partition=part,
-                    offset=offset)
+            self.op(
+                p,
+                f,
+                v,
+                inv={"topic": "q", "partition": part},
+                topic="q",
+                partition=part,
+                offset=offset,
+            )
         else:
             self.op(p, f, v, typ=typ, topic="q", partition=part)
 
@@ -262,14 +279,16 @@ def test_cdc_order() -> None:
     h = cdc_base()
     h.op(9, "cdc-poll", None, out=[[0, 0, "k", 1], [0, 1, "k", 3]], inv={}, topic="c")
     h.op(9, "cdc-poll", None, out=[[0, 2, "k", 4]], inv={}, topic="c")
-    h.op("d", "cdc-drain", None, out=[[0, "k", 1], [1, "k", 3], [2, "k", 4]], topic="c",
-         partition=0)
+    h.op(
+        "d", "cdc-drain", None, out=[[0, "k", 1], [1, "k", 3], [2, "k", 4]], topic="c", partition=0
+    )
     assert h.check()["valid"] is True  # version 2 failed, so its absence is fine
     bad = cdc_base()
     bad.op(9, "cdc-poll", None, out=[[0, 0, "k", 1], [0, 2, "k", 4]], inv={}, topic="c")
     bad.op(8, "cdc-poll", None, out=[[0, 1, "k", 3], [0, 0, "k", 1]], inv={}, topic="c")
-    bad.op("d", "cdc-drain", None, out=[[0, "k", 1], [1, "k", 3], [2, "k", 4]], topic="c",
-           partition=0)
+    bad.op(
+        "d", "cdc-drain", None, out=[[0, "k", 1], [1, "k", 3], [2, "k", 4]], topic="c", partition=0
+    )
     c = counts(bad.check())
     assert c["cdc-missing"] == 2  # consumer 9 missed 3; consumer 8 started at 3, missing 1
     assert c["cdc-out-of-order"] == 1
@@ -339,19 +358,27 @@ def test_writer_flushes_every_event() -> None:
     buf = io.StringIO()
     w = HistoryWriter(buf)
     w.invoke("p", "poll", time_ns=5)
-    assert json.loads(buf.getvalue()) == {"process": "p", "type": "invoke", "f": "poll",
-                                          "value": None, "time": 5}
+    assert json.loads(buf.getvalue()) == {
+        "process": "p",
+        "type": "invoke",
+        "f": "poll",
+        "value": None,
+        "time": 5,
+    }
 
 
-@pytest.mark.parametrize(("line", "reason"), [
-    ('{"process": 0, "type": "ok", "f": "send"', "invalid JSON"),
-    ('[1, 2]', "not a JSON object"),
-    ('{"process": 0, "type": "ok", "f": "send"}', "missing required key 'time'"),
-    ('{"process": 0, "type": "done", "f": "send", "time": 1}', "type must be"),
-    ('{"process": 0, "type": "ok", "f": "send", "time": "1"}', "time must be"),
-    ('{"process": null, "type": "ok", "f": "send", "time": 1}', "process must be"),
-    ('{"process": 0, "type": "ok", "f": "send", "time": 1, "offset": "3"}', "offset must be"),
-])
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"process": 0, "type": "ok", "f": "send"', "invalid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"process": 0, "type": "ok", "f": "send"}', "missing required key 'time'"),
+        ('{"process": 0, "type": "done", "f": "send", "time": 1}', "type must be"),
+        ('{"process": 0, "type": "ok", "f": "send", "time": "1"}', "time must be"),
+        ('{"process": null, "type": "ok", "f": "send", "time": 1}', "process must be"),
+        ('{"process": 0, "type": "ok", "f": "send", "time": 1, "offset": "3"}', "offset must be"),
+    ],
+)
 def test_malformed_line_is_reported_with_its_number(line: str, reason: str) -> None:
     good = '{"process": 0, "type": "invoke", "f": "send", "value": 1, "time": 0}'
     with pytest.raises(MalformedLine) as e:
@@ -451,8 +478,14 @@ class ModelLog:
                 self.h.ev(proc, outcome, send, wire, **kw)
             else:
                 typ = d(st.sampled_from(["ok"] * 5 + ["info"]))
-                self.h.ev(proc, typ, send, wire, **kw, **({"offset": st_["offset"]}
-                                                          if typ == "ok" else {}))
+                self.h.ev(
+                    proc,
+                    typ,
+                    send,
+                    wire,
+                    **kw,
+                    **({"offset": st_["offset"]} if typ == "ok" else {}),
+                )
             del self.pending[proc]
             return
         if self.w == "log":
@@ -478,7 +511,7 @@ class ModelLog:
         items = []
         for part in range(PARTS):
             n = d(st.integers(0, 3))
-            for o, v in self.logs[part][pos[part]:pos[part] + n]:
+            for o, v in self.logs[part][pos[part] : pos[part] + n]:
                 items.append(self.item(part, o, v, True))
             pos[part] = min(pos[part] + n, len(self.logs[part]))
         typ = d(st.sampled_from(["ok"] * 8 + ["info"]))
@@ -492,8 +525,7 @@ class ModelLog:
         for part in range(PARTS):
             items = [self.item(part, o, v, False) for o, v in self.logs[part]]
             f = {"queue": "drain", "log": "read", "cdc": "cdc-drain"}[self.w]
-            self.h.op("final", f, None, out=items, topic="q", partition=part,
-                      final=self.w == "log")
+            self.h.op("final", f, None, out=items, topic="q", partition=part, final=self.w == "log")
         return self.h
 
 
@@ -506,8 +538,11 @@ def model_history(data: Any, workload: str) -> H:
 
 
 # Modest example counts: these run in CI next to everything else (about a second unloaded).
-PROPS = settings(max_examples=80, deadline=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+PROPS = settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @PROPS
@@ -520,8 +555,11 @@ def test_correct_model_histories_are_valid(data: Any, workload: str) -> None:
 
 
 def _final(h: H, part: int) -> Op:
-    return next(o for o in reversed(h.ops) if o.type == "ok" and o.partition == part
-                and o.f in ("drain", "read"))
+    return next(
+        o
+        for o in reversed(h.ops)
+        if o.type == "ok" and o.partition == part and o.f in ("drain", "read")
+    )
 
 
 def _acked(h: H) -> list[Op]:
@@ -529,15 +567,22 @@ def _acked(h: H) -> list[Op]:
 
 
 @PROPS
-@given(data=st.data(), workload=st.sampled_from(["queue", "log"]),
-       fault=st.sampled_from(["lost", "duplicate", "reorder"]))
+@given(
+    data=st.data(),
+    workload=st.sampled_from(["queue", "log"]),
+    fault=st.sampled_from(["lost", "duplicate", "reorder"]),
+)
 def test_one_injected_fault_is_always_detected(data: Any, workload: str, fault: str) -> None:
     h = model_history(data, workload)
     acked = _acked(h)
     assume(acked)
     if fault == "reorder":
-        pairs = [(a, b) for a in acked for b in acked
-                 if a.process == b.process and a.partition == b.partition and a.time < b.time]
+        pairs = [
+            (a, b)
+            for a in acked
+            for b in acked
+            if a.process == b.process and a.partition == b.partition and a.time < b.time
+        ]
         assume(pairs)
         a, b = data.draw(st.sampled_from(pairs))
         items = _final(h, a.partition or 0).value
