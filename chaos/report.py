@@ -19,6 +19,9 @@ from typing import Any
 from chaos.history import Op, Pair, pair_ops
 
 NS = 1e9
+# Operations that need the cluster to make progress: an empty poll also completes "ok", so
+# availability is measured on writes (and topic changes) only.
+WRITE_FS = frozenset({"send", "append", "cdc-send", "create", "delete"})
 
 
 def client_pairs(ops: Sequence[Op]) -> list[Pair]:
@@ -62,14 +65,14 @@ def fault_windows(ops: Sequence[Op]) -> list[dict[str, Any]]:
 def fault_stats(ops: Sequence[Op]) -> dict[str, Any]:
     """Per fault kind: windows, seconds, acknowledged operations per second during them, and
     unavailability = the longest stretch inside a window (and the 10 s after it, while the
-    cluster recovers) with no successful operation."""
+    cluster recovers) with no acknowledged write (``WRITE_FS``)."""
     if not ops:
         return {}
     t0 = ops[0].time
     oks = sorted(
         (p.completion.time - t0) / NS
         for p in client_pairs(ops)  # type: ignore[union-attr]
-        if p.type == "ok"
+        if p.type == "ok" and p.invoke.f in WRITE_FS
     )
     out: dict[str, Any] = {}
     for w in fault_windows(ops):
