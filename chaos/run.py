@@ -26,8 +26,10 @@ from chaos.nemesis import Nemesis
 from chaos.report import fault_stats, write_report
 from chaos.workloads import Context, Workload, make_workload
 from chaos.workloads.clients import admin
+from client.errors import ReplogError
 
 RECOVERY_S = 90.0
+VERIFY_S = 60.0  # bound on asking replicas that are still restarting again
 NEMESIS_OP_S = 120.0  # bound on injecting or undoing one fault (a crash-after-create writes)
 
 
@@ -203,7 +205,33 @@ async def _run_phases(
     for w in workloads:
         await asyncio.wait_for(w.final(), 600)
         await w.close()
+    _say(opts, "chaos: comparing replicas (replog partition verify)")
+    _record(history, "verify", await _verify_replicas(ctx, time.monotonic() + VERIFY_S))
     return {"skipped": nemesis.skipped if nemesis else {}}
+
+
+async def _verify_replicas(ctx: Context, deadline: float) -> dict[str, Any]:
+    """After the heal: every partition's replicas hold the same committed data at equal
+    offsets (``replog partition verify``). A partition whose replicas could not all be asked
+    is asked again until ``deadline``; what is still unknown then stays unknown."""
+    out: dict[str, Any] = {}
+    try:
+        async with admin(ctx, 30) as a:
+            topics = [t.name for t in await a.list_topics()]
+            for topic in topics:
+                while True:
+                    try:
+                        results = await a.verify_partitions(topic)
+                    except ReplogError as exc:  # e.g. deleted meanwhile by topic churn
+                        out[topic] = {"error": str(exc)}
+                        break
+                    out[topic] = [r.to_json() for r in results]
+                    if all(r.equal is not None for r in results) or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(1.0)  # a replica still restarting: ask again
+    except ReplogError as exc:
+        out["error"] = str(exc)
+    return out
 
 
 async def _schedule(opts: Options, ctx: Context, nemesis: Nemesis | None, start: float) -> None:
@@ -272,8 +300,23 @@ def finish(out: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     for op in ops:
         if op.process == "nemesis" and op.f == "skip" and op.type == "info":
             skipped[op.value["fault"]] = op.value["reason"]
+    verify = next(
+        (
+            op.value
+            for op in reversed(ops)
+            if op.process == "runner" and op.f == "verify" and op.type == "info"
+        ),
+        None,
+    )
     results["faults"] = fault_stats(ops)
     results["recovery"] = recovery
+    results["replicas"] = _replica_verdicts(verify)
+    differ = [p for p in results["replicas"]["partitions"] if p["equal"] is False]
+    if differ:
+        results["anomalies"]["replicas-differ"] = {"count": len(differ), "examples": differ[:5]}
+        results["valid"] = False
+    elif results["replicas"]["unknown"] and results["valid"] is True:
+        results["valid"] = "unknown"
     results["skipped"] = skipped
     if recovery is not None and not (
         recovery["ready"] and all(p.get("ok") for p in recovery["probes"].values())
@@ -283,6 +326,27 @@ def finish(out: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         results["valid"] = False
     write_report(out / "report.html", results, ops)
     return results
+
+
+def _replica_verdicts(verify: dict[str, Any] | None) -> dict[str, Any]:
+    """Per partition: equal / different / unknown, from the runner's ``verify`` op (absent
+    in histories recorded before the suite compared replicas: then nothing is claimed)."""
+    parts: list[dict[str, Any]] = []
+    for topic, found in (verify or {}).items():
+        if isinstance(found, list):
+            for p in found:
+                parts.append(
+                    {
+                        "topic": topic,
+                        "partition": p["partition"],
+                        "equal": p["equal"],
+                        "compared": [p["compared_from"], p["compared_to"]],
+                        "first_difference": p["first_difference"],
+                        "difference": p["difference"],
+                    }
+                )
+    unknown = [f"{p['topic']}/{p['partition']}" for p in parts if p["equal"] is None]
+    return {"checked": verify is not None, "partitions": parts, "unknown": unknown}
 
 
 def summary(results: dict[str, Any]) -> str:

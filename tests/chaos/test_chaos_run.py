@@ -79,6 +79,11 @@ def assert_valid_run(code: int, results: dict[str, Any], fault_prefix: str, out:
     assert oks > 200, results["stats"]["workloads"]
     report = (out / "report.html").read_text()
     assert "<svg" in report and "http://" not in report.split("<svg", 1)[0]
+    # After the heal every partition's replicas were compared (replog partition verify).
+    replicas = results["replicas"]
+    assert replicas["checked"] and replicas["partitions"], replicas
+    assert all(p["equal"] is True for p in replicas["partitions"]), replicas
+    assert any(p["compared"][1] > 0 for p in replicas["partitions"]), replicas
 
 
 def test_smoke_queue_under_kill_is_valid(tmp_path: Path) -> None:
@@ -159,6 +164,49 @@ def test_check_rejects_a_malformed_history(tmp_path: Path) -> None:
     (tmp_path / "history.jsonl").write_text('{"process": 1, "type": "ok"}\n')
     assert main(["check", str(tmp_path)]) == 2
     assert main(["check", str(tmp_path / "missing")]) == 2
+
+
+def test_replicas_that_differ_make_the_run_invalid(tmp_path: Path) -> None:
+    """The runner's post-heal comparison (a ``verify`` op of process "runner") decides the
+    verdict: a partition whose replicas differ is an anomaly, one that could not be asked
+    leaves the verdict unknown."""
+
+    def history(equal: object) -> str:
+        verify = {
+            "t": [
+                {
+                    "partition": 0,
+                    "equal": equal,
+                    "compared_from": 0,
+                    "compared_to": 9,
+                    "first_difference": 3 if equal is False else None,
+                    "difference": {"2": "nothing"} if equal is False else {},
+                }
+            ]
+        }
+        ops = [
+            {"process": 0, "type": "invoke", "f": "create", "value": "t", "time": 1},
+            {"process": 0, "type": "ok", "f": "create", "value": "t", "time": 2},
+            {"process": "runner", "type": "invoke", "f": "verify", "value": None, "time": 3},
+            {"process": "runner", "type": "info", "f": "verify", "value": verify, "time": 4},
+        ]
+        return "".join(json.dumps(o) + "\n" for o in ops)
+
+    from chaos.run import finish
+
+    for equal in (False, None):
+        out = tmp_path / str(equal)
+        out.mkdir()
+        (out / "history.jsonl").write_text(history(equal))
+        results = finish(out)
+        assert results["replicas"]["checked"] is True
+        if equal is False:
+            assert results["valid"] is False
+            (example,) = results["anomalies"]["replicas-differ"]["examples"]
+            assert example["first_difference"] == 3
+        else:
+            assert results["valid"] in ("unknown", False)  # never True
+            assert results["replicas"]["unknown"] == ["t/0"]
 
 
 def test_unknown_nemesis_is_a_usage_error() -> None:
