@@ -263,7 +263,7 @@ class Runtime:
                 group.node.tick()
                 self._touched.add(gid)
                 if self.quiesce:
-                    self._maybe_quiesce(group)
+                    self._maybe_quiesce(group, stale)
             except Exception as exc:
                 self._fail(group, exc)
         self.transport.keepalive()
@@ -274,11 +274,19 @@ class Runtime:
             return any(p in stale for p in node.peer_ids())
         return node.leader_id in stale
 
-    def _maybe_quiesce(self, group: Group) -> None:
+    def _maybe_quiesce(self, group: Group, stale: set[int]) -> None:
         node = group.node
         if node.role != Role.LEADER:
             return
-        if group.jobs_in_flight or not node.is_quiescable():
+        if (
+            group.jobs_in_flight
+            or not node.is_quiescable()
+            or any(p in stale for p in node.peer_ids())
+        ):
+            # Never go quiet while a peer's node is silent: a woken leader's CheckQuorum clock
+            # starts over (on_wake), so a leader cut off from its peers that re-quiesced
+            # before CheckQuorum fired would wake and sleep forever, a zombie of an old term
+            # serving stale reads (system simulation, default seed 973).
             group.quiet_ticks = 0
             return
         group.quiet_ticks += 1

@@ -268,3 +268,54 @@ def test_a_ready_is_reported_persisted_only_after_the_jobs_before_it() -> None:
         assert data_entries(rep_a) == [b"x"]
 
     run(body)
+
+
+def test_a_quiesced_leader_cut_off_from_its_peers_steps_down() -> None:
+    """A leader whose peers' nodes fell silent used to wake (on_wake resets its CheckQuorum
+    clock), re-quiesce three ticks later because its followers' progress still looked caught
+    up, wake again on the next tick, and so on: it never reached CheckQuorum and stayed a
+    zombie leader of an old term, answering ListOffsets and Fetch with a stale high
+    watermark after the real leader had moved on (system simulation, default seed 973: an
+    acknowledged record "lost" from a final read served by the isolated broker). A leader
+    must not quiesce while a peer of the group is silent, so CheckQuorum runs."""
+    from raft.types import Message, MessageType, Role
+
+    async def scenario() -> None:
+        rt, executor = make_runtime()
+        log = FakeLog(frozenset({1, 2, 3}))
+        node = RawNode(RaftConfig(node_id=1), log, rt.new_rng())
+        group = Group(5, node, log, FakeReplica())  # type: ignore[arg-type]
+        rt.add_group(group)
+        node.campaign()
+        await settle(rt, executor)
+        for kind in (MessageType.PRE_VOTE_RESP, MessageType.VOTE_RESP):
+            rt.step(
+                5,
+                Message(kind, to=1, from_=2, term=node.term + (kind == MessageType.PRE_VOTE_RESP)),
+            )
+            await settle(rt, executor)
+        assert node.role == Role.LEADER
+        last = log.last_index()
+        for peer in (2, 3):
+            rt.step(5, Message(MessageType.APP_RESP, to=1, from_=peer, term=node.term, index=last))
+        await settle(rt, executor)
+        now = 0.0
+        for peer in (2, 3):
+            rt.on_peer_batch(peer, now)
+        for _ in range(10):  # peers answer heartbeats: the idle leader quiesces
+            now += rt.tick_s
+            rt.tick_all(now)
+            for peer in (2, 3):
+                rt.on_peer_batch(peer, now)
+                rt.step(5, Message(MessageType.HEARTBEAT_RESP, to=1, from_=peer, term=node.term))
+            await settle(rt, executor)
+        assert group.quiesced
+        for _ in range(200):  # 2 s of silence from both peers: 40 election timeouts
+            now += rt.tick_s
+            rt.tick_all(now)
+            await settle(rt, executor)
+            if node.role != Role.LEADER:
+                break
+        assert node.role != Role.LEADER
+
+    run(scenario)
