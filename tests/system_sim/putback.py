@@ -1392,7 +1392,7 @@ TARGETS: dict[int, Target] = {
             down_s=(0.2, 1.0),
         ),
         settings=BrokerSettings(fsync="never"),
-        budget=Budget(fault_s=5.0, max_wall_s=60.0),
+        budget=Budget(fault_s=5.0, max_cpu_s=60.0),
         harness=PageCache,
         expect=("one_leader_per_term",),
     ),

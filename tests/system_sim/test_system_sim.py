@@ -138,6 +138,13 @@ def test_the_negative_control_is_caught() -> None:
         1,
         "crashy",
         settings=BrokerSettings(fsync="never"),
-        budget=Budget(max_wall_s=30.0),
+        budget=Budget(max_cpu_s=30.0),
     )
     assert found is not None, "fsync=never survived 10 crashy seeds: the simulation is blind"
+
+
+def test_the_cpu_guard_ends_a_seed_that_uses_too_much_cpu() -> None:
+    """The only non-virtual budget counts this process's CPU time (a paused or starved
+    process uses none, so a long run next to other load reports no false failures)."""
+    result = run_seed(1, 3, 1, "default", budget=Budget(max_cpu_s=0.3))
+    assert any("CPU guard" in v for v in result.violations), result.violations
