@@ -125,6 +125,10 @@ async def verify_partition(
     firsts = await asyncio.gather(*(ask(n, 0) for n in replicas), return_exceptions=True)
     live: list[int] = []
     for node, first in zip(replicas, firsts):
+        if isinstance(first, pb.ReplicaDigestResponse) and first.node_id != node:
+            # A wrong address (e.g. two overrides to one proxy) would compare a replica with
+            # itself and call it equal: refuse the answer.
+            first = LookupError(f"asked broker {node}, broker {first.node_id} answered")
         if isinstance(first, ReplogError | LookupError | OSError):
             result.replicas.append(ReplicaView(node, error=str(first)))
         elif isinstance(first, BaseException):

@@ -247,8 +247,17 @@ class ProducerTable:
         tests/partition/test_admit.py)."""
         try:
             original = self.check(header)
-        finally:
+        except BaseException:
+            # A rejected batch moves the log time too, and drops whom that expires, exactly
+            # as an appended one does: an expired producer left in the table would keep its
+            # old batches for its next session while the leader's tail simulation (which
+            # treats it as gone) decides afresh (found in review: a rejected batch of another
+            # producer, then a late copy of the expired producer's batch, decided "append" at
+            # the leader and "duplicate" at apply).
             self._now = self._now.after(header.max_timestamp)
+            self._drop_expired()
+            raise
+        self._now = self._now.after(header.max_timestamp)
         if original is None:
             self.record(header, base_offset, last_offset)
         self._drop_expired()

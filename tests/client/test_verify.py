@@ -109,3 +109,18 @@ def test_first_difference_of_equal_pages_is_none() -> None:
         6,
         {1: "[6, 8] crc32c=00000009 size=100", 2: "nothing"},
     )
+
+
+def test_an_answer_from_the_wrong_broker_is_refused() -> None:
+    """Broker 2's address leads to broker 1 (a wrong override): comparing broker 1's replica
+    with itself would say "equal"; the answer is refused and the result is unknown."""
+    by_address = {"b1:1": Replica(1, log(3)), "b2:1": Replica(1, log(3))}
+
+    async def scenario() -> Any:
+        conn = Connection("b1:1", stub_factory=lambda address: by_address[address])
+        conn.brokers = {n: pb.Broker(id=n, address=f"b{n}:1") for n in (1, 2)}
+        return await verify_partition(conn, "t", 0, [1, 2], timeout_s=5)
+
+    swapped = asyncio.run(scenario())
+    assert swapped.equal is None
+    assert "broker 1 answered" in next(r for r in swapped.replicas if r.node_id == 2).error

@@ -183,3 +183,29 @@ def test_a_producer_is_not_expired_by_its_own_batch() -> None:
     log.write([e])
     leader.on_log_append([e])
     assert leader.apply(e) == Duplicate(0, 0)
+
+
+def test_a_rejected_batch_drops_the_producers_it_expires() -> None:
+    """A rejected batch (proposed anyway, so that apply decides) moves the log time; apply
+    kept the producers it expired in the table, so a late copy of an expired producer's batch
+    was admitted as an append and applied as a duplicate (review of a2fa42d)."""
+    leader, log = fresh(producer_expiry_ms=15), FakeLog()
+    other = 5
+    decided: dict[int, object] = {}
+    for seq, ts in ((0, 1_000), (1, 1_001)):
+        admit_and_propose(leader, log, 1, make_batch(1, pid=PID, epoch=0, seq=seq, ts=ts))
+    for e in log.entries:
+        leader.apply(e)
+    gap = make_batch(1, pid=other, epoch=0, seq=3, ts=1_100)  # unknown producer, seq 3
+    assert isinstance(leader.admit(gap), Rejected)
+    e = Entry(log.last_index + 1, 1, EntryType.NORMAL, leader.stamp(gap)[0])
+    log.write([e])
+    leader.on_log_append([e])
+    assert isinstance(leader.apply(e), Rejected)
+    for seq, ts in ((0, 1_000), (1, 1_001)):  # late copies: the producer expired meanwhile
+        d = admit_and_propose(leader, log, 1, make_batch(1, pid=PID, epoch=0, seq=seq, ts=ts))
+        decided[log.last_index] = d
+    for e in log.entries[leader.applied_index :]:
+        d = decided[e.index]
+        assert isinstance(d, Append)
+        assert leader.apply(e) == Appended(d.base_offset, d.last_offset)
