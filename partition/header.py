@@ -1,6 +1,6 @@
 """Classify a Raft entry of a partition group and read what the offset index needs.
 
-Contract: pure, no I/O, no CRC (the leader checked it with ``wire.batch.validate`` before
+Contract: pure, no I/O, no CRC (the leader checked it with ``wire.validate.validate`` before
 proposing; every replica stores the leader's bytes). Reads only the 61-byte header, through
 ``wire.batch.read_header``.
 
@@ -122,7 +122,7 @@ def entry_header(entry: Entry) -> BatchHeader:
             f"entry {entry.index} (term {entry.term}) is not a record batch",
             "a RecordBatch v2 header",
             e.what,
-            "a batch was proposed without wire.batch.validate, or the log is corrupt",
+            "a batch was proposed without wire.validate.validate, or the log is corrupt",
         ) from e
 
 
@@ -135,6 +135,6 @@ def describe_entry(entry: Entry) -> EntryMeta:
             f"entry {entry.index} has a negative lastOffsetDelta",
             ">= 0",
             h.last_offset_delta,
-            "a batch was proposed without wire.batch.validate",
+            "a batch was proposed without wire.validate.validate",
         )
     return EntryMeta(EntryKind.DATA, h.last_offset_delta + 1, h.base_offset, h.max_timestamp, h)

@@ -22,7 +22,7 @@ Expiry (#12 defect 17; Kafka's ``producer.id.expiration.ms``, default one day): 
 ``replog produce`` run is a new producer id, so entries must go. Never by the wall clock at
 apply (replicas apply at different times): by *log time*, the newest batch timestamp among
 the data entries applied so far (the leader bounds timestamps against its clock before
-proposing, wire.batch ``validate``). A producer's ``last_seen_ms`` is the log time right after
+proposing, wire.validate ``validate``). A producer's ``last_seen_ms`` is the log time right after
 its last appended batch; it is expired once the log time is more than ``expiry_ms`` past it
 (an entry recorded before any batch carried a timestamp, or restored from a version-1
 snapshot, counts as seen at the first timestamp the log shows).

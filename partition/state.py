@@ -70,7 +70,8 @@ from partition.retention import physical_cut as _physical_cut
 from partition.retention import retention_cut as _retention_cut
 from partition.tail import ProducerTail
 from raft.types import ConfState, Entry
-from wire.batch import BatchHeader, validate, with_base_offset
+from wire.batch import BatchHeader, with_base_offset
+from wire.validate import validate
 
 __all__ = [
     "Admission",
@@ -225,7 +226,7 @@ class PartitionState:
     # --- leader: before proposing --------------------------------------------------------
 
     def validate(self, batch: bytes, *, now_ms: int | None = None) -> BatchHeader:
-        """The leader's checks of a produced batch (wire.batch ``validate``: header, CRC,
+        """The leader's checks of a produced batch (wire.validate ``validate``: header, CRC,
         every record, decompression bound) with this topic's limits; with ``now_ms`` (the
         leader's clock) also the topic's timestamp bounds. Raises BatchTooLarge or
         InvalidBatch (InvalidTimestamp for a timestamp out of bounds)."""

@@ -58,8 +58,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crc32c import crc32c
-
 from partition.checkpoint import CheckpointImage, CheckpointInvalid
 from partition.header import encode_log_start
 from partition.state import (
@@ -90,7 +88,6 @@ from server.checkpoint import CheckpointStore
 from server.env import Executor
 from server.errors import BrokerError, not_leader, timed_out
 from server.proposals import ProposalWaiters
-from wire.batch import read_header
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +96,6 @@ class ProduceResult:
     last_offset: int
     log_start_offset: int
     duplicate: bool
-
-
-@dataclass(frozen=True)
-class ReplicaDigest:
-    log_start_offset: int
-    high_watermark: int
-    batches: list[tuple[int, int, int, int]]  # (base offset, last offset, crc32c, size)
-    next_offset: int
 
 
 class PartitionReplica:
@@ -463,7 +452,7 @@ class PartitionReplica:
         (applied entries never change, so what was read stays valid). Raises
         OffsetOutOfRange like the state, and NOT_LEADER / LEADER_NOT_AVAILABLE
         (``ensure_readable``). ``any_replica``: this replica's own applied data, leader or not
-        (``digest``; never for consumers, who read through the leader)."""
+        (server/replica_digest.py; never for consumers, who read through the leader)."""
         check = self._ensure_running if any_replica else self.ensure_readable
         check()
         got: dict[int, Entry] = {}
@@ -492,25 +481,6 @@ class PartitionReplica:
                 retriable=False,
                 hint="see `replog cluster status` for the failed group",
             )
-
-    async def digest(self, from_offset: int, max_bytes: int) -> ReplicaDigest:
-        """A digest (base offset, last offset, CRC32C, size) of each committed, live batch of
-        THIS replica from ``from_offset`` (raised to the log start), up to about ``max_bytes``
-        of batches: what ``replog partition verify`` compares across replicas. Answered by
-        followers too; the bytes are the replicated entry data, identical on every replica
-        whose committed log is."""
-        offset = max(from_offset, self.state.log_start_offset)
-        result = await self.fetch(offset, max_bytes, any_replica=True)
-        batches = []
-        for raw in result.batches:
-            h = read_header(raw)
-            batches.append((h.base_offset, h.last_offset, crc32c(raw), len(raw)))
-        return ReplicaDigest(
-            log_start_offset=result.log_start_offset,
-            high_watermark=result.high_watermark,
-            batches=batches,
-            next_offset=result.next_offset,
-        )
 
     async def fetch_stream(
         self, offset: int, max_bytes: int, max_wait_s: float, follow: bool

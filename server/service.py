@@ -37,6 +37,7 @@ from raft.types import Role
 from server.errors import BrokerError, abort_with, invalid_request, not_leader
 from server.node import most_caught_up_voter
 from server.peer_inbox import PeerInbox
+from server.replica_digest import digest
 from wire import replog_pb2 as pb
 from wire import replog_pb2_grpc as pb_grpc
 
@@ -351,7 +352,7 @@ class ReplogService(pb_grpc.ReplogServicer):
             )
         replica = await self._replica(request.topic, request.partition)
         max_bytes = min(request.max_bytes or DIGEST_PAGE_BYTES, DIGEST_PAGE_BYTES_MAX)
-        d = await replica.digest(request.from_offset, max_bytes)
+        d = await digest(replica, request.from_offset, max_bytes)
         return pb.ReplicaDigestResponse(
             node_id=self.b.node_id,
             log_start_offset=d.log_start_offset,

@@ -27,10 +27,10 @@ from wire.batch import (
     estimated_record_size,
     iter_batches,
     read_header,
-    validate,
     verify_crc,
     with_base_offset,
 )
+from wire.validate import validate
 
 FIXTURE_DIR = Path(__file__).parent.parent / "fixtures"
 CASES = json.loads((FIXTURE_DIR / "batches.json").read_text())
