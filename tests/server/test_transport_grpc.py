@@ -4,6 +4,7 @@ that needs sockets (everything else in tests/server runs on fakes)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import grpc
@@ -89,12 +90,16 @@ def test_a_link_carries_batches_and_fails_with_connection_error() -> None:
             await big.send(huge)
         await big.close()
 
-        # Nobody listening: ConnectionError within the connect timeout.
+        # Nobody listening: ConnectionError within the connect timeout. The port is held by
+        # a bound socket that never listens, so no other test's server (pytest -n 2) can take
+        # it, as one did the stopped server's freed port.
         await server.stop(grace=None)
-        dead = network.open_link(1, address)
-        with pytest.raises(ConnectionError):
-            await dead.send(batch())
-        await dead.close()
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            dead = network.open_link(1, f"127.0.0.1:{held.getsockname()[1]}")
+            with pytest.raises(ConnectionError):
+                await dead.send(batch())
+            await dead.close()
         assert 7 not in [g for g, _m in runtime.stepped]
         await network.close()
 
