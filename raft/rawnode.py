@@ -107,6 +107,14 @@ class RawNode:
         """Every other member (voters and learners), sorted."""
         return sorted(p for p in self._raft.tracker.progress if p != self._raft.id)
 
+    def quorum_silent(self, silent: set[int] | frozenset[int]) -> bool:
+        """True if the voters outside ``silent`` (this node counted as heard) are fewer than a
+        majority: the runtime's per-node liveness says this group cannot make progress, so a
+        leader must keep ticking for CheckQuorum to decide."""
+        voters = self._raft.tracker.voters
+        heard = sum(1 for v in voters if v == self._raft.id or v not in silent)
+        return heard < len(voters) // 2 + 1
+
     def is_quiescable(self) -> bool:
         """A leader with nothing in flight: committed == last == applied, every member matched
         up to the last index, no leadership transfer, no pending read-index request."""

@@ -271,22 +271,20 @@ class Runtime:
     def _quiesced_needs_waking(self, group: Group, stale: set[int]) -> bool:
         node = group.node
         if node.role == Role.LEADER:
-            return any(p in stale for p in node.peer_ids())
+            # Only when it can no longer hear a majority: with one replica of three down the
+            # group stays quiet (its leader still leads); below a majority CheckQuorum decides.
+            return node.quorum_silent(stale)
         return node.leader_id in stale
 
     def _maybe_quiesce(self, group: Group, stale: set[int]) -> None:
         node = group.node
         if node.role != Role.LEADER:
             return
-        if (
-            group.jobs_in_flight
-            or not node.is_quiescable()
-            or any(p in stale for p in node.peer_ids())
-        ):
-            # Never go quiet while a peer's node is silent: a woken leader's CheckQuorum clock
-            # starts over (on_wake), so a leader cut off from its peers that re-quiesced
-            # before CheckQuorum fired would wake and sleep forever, a zombie of an old term
-            # serving stale reads (system simulation, default seed 973).
+        if group.jobs_in_flight or not node.is_quiescable() or node.quorum_silent(stale):
+            # Never go quiet while a majority of the group's voters is silent: a woken leader's
+            # CheckQuorum clock starts over (on_wake), so a leader cut off from its peers that
+            # re-quiesced before CheckQuorum fired would wake and sleep forever, a zombie of an
+            # old term serving stale reads (system simulation, default seed 973).
             group.quiet_ticks = 0
             return
         group.quiet_ticks += 1

@@ -319,3 +319,39 @@ def test_a_quiesced_leader_cut_off_from_its_peers_steps_down() -> None:
         assert node.role != Role.LEADER
 
     run(scenario)
+
+
+def test_a_leader_with_one_silent_peer_of_two_stays_quiet_and_leads() -> None:
+    """One replica of three down: the leader still hears a majority, so the group stays
+    quiesced (no CPU for 1,000 idle partitions while a broker is away) and keeps its leader."""
+    from raft.types import Message, MessageType, Role
+
+    async def scenario() -> None:
+        rt, executor = make_runtime()
+        log = FakeLog(frozenset({1, 2, 3}))
+        node = RawNode(RaftConfig(node_id=1), log, rt.new_rng())
+        group = Group(5, node, log, FakeReplica())  # type: ignore[arg-type]
+        rt.add_group(group)
+        node.campaign()
+        await settle(rt, executor)
+        for kind in (MessageType.PRE_VOTE_RESP, MessageType.VOTE_RESP):
+            term = node.term + (kind == MessageType.PRE_VOTE_RESP)
+            rt.step(5, Message(kind, to=1, from_=2, term=term))
+            await settle(rt, executor)
+        last = log.last_index()
+        for peer in (2, 3):
+            rt.step(5, Message(MessageType.APP_RESP, to=1, from_=peer, term=node.term, index=last))
+        await settle(rt, executor)
+        now = 0.0
+        rt.on_peer_batch(3, now)  # node 3 is heard once, then goes silent for good
+        for _ in range(200):
+            now += rt.tick_s
+            rt.tick_all(now)
+            rt.on_peer_batch(2, now)
+            if not group.quiesced:
+                rt.step(5, Message(MessageType.HEARTBEAT_RESP, to=1, from_=2, term=node.term))
+            await settle(rt, executor)
+        assert node.role == Role.LEADER
+        assert group.quiesced
+
+    run(scenario)
