@@ -79,7 +79,7 @@ class ReplogService(pb_grpc.ReplogServicer):
         self.fetch_streams = 0  # open Fetch streams on this broker
         self.fetch_streams_by_peer: dict[str, int] = {}  # ... per client connection
 
-    async def _catch_up_metadata(self) -> None:
+    async def _catch_up_metadata(self, purpose: str = "whether the topic exists") -> None:
         """Before answering that a topic does not exist, make sure this replica has applied
         everything committed (a broker that just restarted replays its metadata log first).
         If it cannot (no metadata leader, or the barrier timed out), this replica's state may be
@@ -91,7 +91,7 @@ class ReplogService(pb_grpc.ReplogServicer):
             raise BrokerError(
                 "LEADER_NOT_AVAILABLE",
                 "this broker's metadata is not caught up with the cluster, so it cannot tell "
-                f"whether the topic exists ({exc.message})",
+                f"{purpose} ({exc.message})",
                 retriable=True,
                 hint="retry after a short back-off (a metadata election or restart is in "
                 "progress), or ask another broker",
@@ -286,6 +286,11 @@ class ReplogService(pb_grpc.ReplogServicer):
     async def CreateTopic(
         self, request: pb.CreateTopicRequest, context: Any
     ) -> pb.CreateTopicResponse:
+        # The live brokers the placement may use come from this replica's state: a lagging
+        # one (a broker just started, whose metadata had not applied the registrations yet)
+        # offered none, and the topic failed with NOT_ENOUGH_BROKERS "0 live" (`replog dev
+        # --demo`, about one start in seven). Catch up first.
+        await self._catch_up_metadata("which brokers are live")
         live = tuple(sorted(self.b.live_brokers()))
         await self.b.metadata.propose(
             mcmd.CreateTopic(

@@ -359,6 +359,39 @@ def test_create_topic_reads_time_and_liveness_through_the_node() -> None:
     run(body)
 
 
+def test_create_topic_catches_up_before_choosing_live_brokers() -> None:
+    """A broker whose metadata lags (just started: registrations not applied yet) offered no
+    live brokers, and the topic failed with NOT_ENOUGH_BROKERS "0 live" (`replog dev --demo`,
+    about one start in seven). The live set is read after a metadata barrier."""
+
+    class LaggingNode(FakeBrokerNode):
+        def live_brokers(self) -> frozenset[int]:
+            return frozenset({1, 2, 3}) if self.metadata.barriers else frozenset()
+
+    async def body() -> None:
+        node = LaggingNode()
+        await ReplogService(node).CreateTopic(
+            pb.CreateTopicRequest(name="orders", partitions=1, replication_factor=3),
+            MinimalContext(),
+        )
+        (cmd,) = node.metadata.proposed
+        assert node.metadata.barriers == 1
+        assert cmd.live_brokers == (1, 2, 3)
+
+        # No barrier possible (no metadata leader): a retriable error, nothing proposed.
+        failing = LaggingNode(metadata=FakeMetadata(barrier_error=BrokerError("X", "no leader")))
+        ctx = MinimalContext()
+        await call(
+            ReplogService(failing).CreateTopic,
+            pb.CreateTopicRequest(name="orders", partitions=1, replication_factor=3),
+            ctx,
+        )
+        assert failing.metadata.proposed == []
+        assert ctx.code == grpc.StatusCode.UNAVAILABLE and "which brokers are live" in ctx.details
+
+    run(body)
+
+
 def test_transfer_leadership_is_forwarded_through_the_network_seam() -> None:
     async def body() -> None:
         node = FakeBrokerNode()
