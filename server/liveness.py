@@ -90,6 +90,16 @@ class BrokerLiveness:
                 out.append((node_id, alive))
         return out
 
+    def sync_committed(self, alive: dict[int, bool]) -> None:
+        """What the committed metadata says (registered broker -> not fenced) becomes what was
+        "last reported", so :meth:`changes` reports every broker whose liveness differs from
+        the committed flag. A new leader's view at election can be older than its log: a
+        SetBrokerFenced of the previous leader committed afterwards fenced a broker this
+        leader believed it had reported alive, and no flip was ever reported again, so the
+        broker stayed fenced for good (system simulation, default seed 10043)."""
+        for node_id, committed_alive in alive.items():
+            self._reported[node_id] = committed_alive
+
     def retry(self, node_id: int) -> None:
         """The SetBrokerFenced for ``node_id`` was not committed: report it again next time."""
         self._reported.pop(node_id, None)

@@ -230,6 +230,8 @@ class BrokerNode:
         """On the metadata leader: turn liveness flips into replicated SetBrokerFenced."""
         if self.metadata.role != Role.LEADER:
             return
+        brokers = self.metadata.state.brokers
+        self.liveness.sync_committed({n: not b.fenced for n, b in brokers.items()})
         for node_id, alive in self.liveness.changes(asyncio.get_running_loop().time()):
             try:
                 await self.metadata.propose(mcmd.SetBrokerFenced(node_id, not alive), 5.0)

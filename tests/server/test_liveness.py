@@ -75,3 +75,19 @@ def test_changes_accumulate_to_live(beats: list[tuple[int, float]], checks: list
             assert view.get(node) != alive
             view[node] = alive
         assert {n for n, alive in view.items() if alive} == live.live(now)
+
+
+def test_a_fence_committed_after_the_election_is_undone_when_the_broker_is_heard() -> None:
+    """A new leader judged from its state at election; a previous leader's SetBrokerFenced
+    committed afterwards fenced broker 1 although this leader had it as alive, and no flip was
+    reported again: broker 1 stayed fenced for good and no topic of replication factor 3 could
+    be created (system simulation, default seed 10043). The committed flags are synced first."""
+    leader = BrokerLiveness(session_timeout_s=6.0)
+    leader.on_became_leader(100.0, [1, 2, 3])  # all unfenced at election
+    for n in (1, 2, 3):
+        leader.on_heartbeat(n, 101.0)
+    assert leader.changes(101.0) == []
+    leader.sync_committed({1: False, 2: True, 3: True})  # the old leader's fence committed now
+    assert leader.changes(102.0) == [(1, True)]  # heard within the session: unfence it
+    leader.sync_committed({1: True, 2: True, 3: True})
+    assert leader.changes(103.0) == []
