@@ -219,10 +219,18 @@ class AdminClient:
         )
 
     async def list_offsets(
-        self, topic: str, partition: int, *, timeout_s: float | None = None
+        self,
+        topic: str,
+        partition: int,
+        *,
+        timeout_s: float | None = None,
+        linearizable: bool = False,
     ) -> pb.ListOffsetsResponse:
         """The partition leader's log start, high watermark and log end (follows NOT_LEADER);
-        retried up to ``timeout_s`` (default: operation_timeout_ms)."""
+        retried up to ``timeout_s`` (default: operation_timeout_ms). ``linearizable``: the
+        leader first confirms its leadership with a majority (ReadIndex) and answers once it
+        has applied everything committed before the call, so the high watermark covers every
+        append acknowledged before this call began (one more round trip to its followers)."""
         deadline = self._deadline()
         if timeout_s is not None:
             deadline = min(deadline, now_s() + timeout_s)
@@ -231,7 +239,7 @@ class AdminClient:
             address = await self._conn.leader_address(topic, partition, deadline=deadline)
             response: pb.ListOffsetsResponse = await self._conn.call(
                 "ListOffsets",
-                pb.ListOffsetsRequest(topic=topic, partition=partition),
+                pb.ListOffsetsRequest(topic=topic, partition=partition, linearizable=linearizable),
                 address=address,
             )
             return response

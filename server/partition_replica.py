@@ -43,6 +43,9 @@ Reads are served by a leader only once it has applied an entry of its own term (
 every log-start decision committed by an earlier leader is applied by then, so a new leader
 (or a restarted one) never serves records an earlier leader had already cut. A fetch that
 arrives earlier waits (long-poll) and then answers LEADER_NOT_AVAILABLE (retriable).
+A read that must be linearizable passes ``read_barrier`` first (ReadIndex: a majority confirms
+the leadership after the read began, and the leader applies up to the confirmed index), so a
+deposed leader that has not noticed yet never answers it.
 
 Fetch reads off the loop (issue #13): ``fetch`` runs the state's lookup on the loop and serves
 entries straight from the log's in-memory tail cache (no executor hop on the hot path); entries
@@ -54,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +146,8 @@ class PartitionReplica:
         self._leader_waiters: ProposalWaiters[ProduceResult] = ProposalWaiters()
         self._leader_offsets: dict[int, tuple[int, int]] = {}
         self._fetch_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # ReadIndex requests in flight: context -> the read index the core confirmed.
+        self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
         self.stopped: BaseException | None = None
         self._retention_running = False
         interval = state.config.checkpoint_interval_bytes
@@ -170,7 +176,16 @@ class PartitionReplica:
         self.state.on_log_append(entries)
 
     def on_read_states(self, read_states: Sequence[ReadState]) -> None:
-        pass  # partitions serve reads from the leader's applied state; no ReadIndex here yet
+        for rs in read_states:
+            fut = self._read_waiters.pop(rs.context, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+
+    def _fail_reads(self, err: BrokerError) -> None:
+        for fut in self._read_waiters.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._read_waiters.clear()
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         conf = snapshot.metadata.conf_state
@@ -190,9 +205,11 @@ class PartitionReplica:
         if soft.role == Role.LEADER and not was_leader:
             self._on_leader_change(self.group_id, self.node.id, term)
         if was_leader and soft.role != Role.LEADER:
-            # acks=leader waiters can no longer be answered truthfully by us.
+            # acks=leader waiters can no longer be answered truthfully by us, and pending
+            # ReadIndex requests die with the leadership they were asked of.
             self._leader_waiters.fail_all(self._not_leader())
             self._leader_offsets.clear()
+            self._fail_reads(self._not_leader())
         self._wake_fetchers(None)  # they notice leadership moved
 
     def on_persisted(self, last_index: int) -> None:
@@ -319,6 +336,7 @@ class PartitionReplica:
         self._waiters.fail_all(err)
         self._leader_waiters.fail_all(err)
         self._leader_offsets.clear()
+        self._fail_reads(err)
         self._wake_fetchers(None)
 
     # ------------------------------------------------------------------ produce
@@ -361,6 +379,35 @@ class PartitionReplica:
                 retriable=True,
                 hint="retry after a short back-off",
             )
+
+    async def read_barrier(self, timeout_s: float) -> None:
+        """Linearizable read barrier (ReadIndex, Raft thesis §6.4). Afterwards this replica is
+        a leader that a majority confirmed *after* the call began, and it has applied every
+        entry committed before then, so its high watermark covers every append acknowledged
+        before the call. A deposed leader that has not noticed yet cannot pass: the majority
+        answers with a higher term (it steps down: NOT_LEADER) or not at all (REQUEST_TIMED_OUT,
+        retriable). Costs one heartbeat round to the followers (it wakes a quiesced group)."""
+        self.ensure_leader()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        ctx = f"{self.node.id}:{self.group_id}:{next(_READ_CONTEXTS)}".encode()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._read_waiters[ctx] = fut
+        self.node.read_index(ctx)
+        self._touch(self.group_id)  # wakes a quiesced group; the runtime sends the heartbeats
+        try:
+            index = await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            raise timed_out(f"read barrier of {self.what}") from None
+        finally:
+            self._read_waiters.pop(ctx, None)
+        while self.state.applied_index < index:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise timed_out(f"read barrier of {self.what} (applying up to index {index})")
+            await self._wait_applied(remaining)
+            self.ensure_leader()
+        self.ensure_readable()
 
     async def produce(self, batch: bytes, *, acks_leader: bool, timeout_s: float) -> ProduceResult:
         """Validates and decides idempotence BEFORE proposing (#12 defect 8): a duplicate is
@@ -629,6 +676,10 @@ class PartitionReplica:
         return Snapshot(
             SnapshotMetadata(index, self.log.term(index), conf), replay.snapshot(log_start)
         )
+
+
+# ReadIndex contexts, unique within the process (the core keys pending reads by context).
+_READ_CONTEXTS = itertools.count(1)
 
 
 def _noop() -> None:

@@ -24,6 +24,7 @@ server/peer_inbox.PeerInbox, which the simulation calls directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,9 @@ DEFAULT_FETCH_BYTES = 1 << 20
 DIGEST_PAGE_BYTES = 4 << 20  # batch bytes digested per ReplicaDigest answer, by default...
 DIGEST_PAGE_BYTES_MAX = 16 << 20  # ...and at most (the answer itself is ~20 bytes per batch)
 METADATA_BARRIER_TIMEOUT_S = 3.0
+# A partition's ReadIndex round (one heartbeat round to its followers): within the caller's
+# deadline, and at most this (an unreachable majority answers REQUEST_TIMED_OUT, retriable).
+READ_BARRIER_TIMEOUT_S = 5.0
 
 
 def _handled(
@@ -184,6 +188,8 @@ class ReplogService(pb_grpc.ReplogServicer):
             max_bytes = min(max_bytes, MAX_FETCH_BYTES)
             max_wait_s = (request.max_wait_ms or self.b.cfg.server.fetch_max_wait_ms) / 1000
             replica = await self._replica(request.topic, request.partition)
+            if request.linearizable:
+                await replica.read_barrier(_read_barrier_timeout(context))
             async for result in replica.fetch_stream(
                 request.offset, max_bytes, max_wait_s, request.follow
             ):
@@ -336,6 +342,8 @@ class ReplogService(pb_grpc.ReplogServicer):
         self, request: pb.ListOffsetsRequest, context: Any
     ) -> pb.ListOffsetsResponse:
         replica = await self._replica(request.topic, request.partition)
+        if request.linearizable:
+            await replica.read_barrier(_read_barrier_timeout(context))
         replica.ensure_readable()  # a new leader reports offsets only once its cuts are applied
         s = replica.state
         return pb.ListOffsetsResponse(
@@ -445,6 +453,15 @@ class ReplogService(pb_grpc.ReplogServicer):
                 hint="retry",
                 status=grpc.StatusCode.UNAVAILABLE,
             ) from None
+
+
+def _read_barrier_timeout(context: Any) -> float:
+    remaining = None
+    with contextlib.suppress(Exception):  # test doubles and some servers have no deadline
+        remaining = context.time_remaining()
+    if remaining is None:
+        return READ_BARRIER_TIMEOUT_S
+    return max(0.001, min(READ_BARRIER_TIMEOUT_S, float(remaining) - 0.05))
 
 
 def _too_many_fetch_streams(what: str, limit: int) -> BrokerError:

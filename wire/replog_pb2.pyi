@@ -66,20 +66,22 @@ class ProduceResponse(_message.Message):
     def __init__(self, base_offset: _Optional[int] = ..., last_offset: _Optional[int] = ..., log_start_offset: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("topic", "partition", "offset", "max_bytes", "max_wait_ms", "follow")
+    __slots__ = ("topic", "partition", "offset", "max_bytes", "max_wait_ms", "follow", "linearizable")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    LINEARIZABLE_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     offset: int
     max_bytes: int
     max_wait_ms: int
     follow: bool
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    linearizable: bool
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., follow: _Optional[bool] = ..., linearizable: _Optional[bool] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
     __slots__ = ("batches", "next_offset", "high_watermark", "log_start_offset")
@@ -240,12 +242,14 @@ class DescribeClusterResponse(_message.Message):
     def __init__(self, brokers: _Optional[_Iterable[_Union[Broker, _Mapping]]] = ..., metadata_leader: _Optional[int] = ..., metadata_term: _Optional[int] = ..., metadata_voters: _Optional[_Iterable[int]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class ListOffsetsRequest(_message.Message):
-    __slots__ = ("topic", "partition")
+    __slots__ = ("topic", "partition", "linearizable")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
+    LINEARIZABLE_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ...) -> None: ...
+    linearizable: bool
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., linearizable: _Optional[bool] = ...) -> None: ...
 
 class ListOffsetsResponse(_message.Message):
     __slots__ = ("log_start_offset", "high_watermark", "leader", "leader_term", "log_end_offset")

@@ -51,17 +51,26 @@ async def create_topic(ctx: Context, topic: str, partitions: int, timeout_s: flo
 
 
 async def drain_partition(
-    ctx: Context, a: AdminClient, topic: str, partition: int, timeout_s: float = 60
+    ctx: Context,
+    a: AdminClient,
+    topic: str,
+    partition: int,
+    timeout_s: float = 60,
+    *,
+    linearizable: bool = False,
 ) -> tuple[list[ConsumerRecord], str | None]:
     """Every record of one partition from its start up to the high watermark the leader
-    reports now. Returns (records, None), or (partial, error) when it cannot finish in time;
-    raises UnknownTopic when the topic does not exist."""
+    reports now (``linearizable``: after a ReadIndex round, so it covers every append
+    acknowledged before the call). Returns (records, None), or (partial, error) when it cannot
+    finish in time; raises UnknownTopic when the topic does not exist. The records below that
+    high watermark are committed, so any later leader serves the same ones."""
     deadline = time.monotonic() + timeout_s
     hw = None
     last_error = "no answer"
     while hw is None and time.monotonic() < deadline:
         try:
-            hw = (await a.list_offsets(topic, partition, timeout_s=10)).high_watermark
+            r = await a.list_offsets(topic, partition, timeout_s=10, linearizable=linearizable)
+            hw = r.high_watermark
         except UnknownTopic:
             raise
         except (ReplogError, TimeoutError, OSError) as e:

@@ -3,8 +3,11 @@ partition's full prefix (from offset 0 up to the high watermark its leader repor
 read begins). ``append`` value = the int, ok with partition and offset; ``read`` (topic,
 partition) ok value = ``[[offset, value], ...]``; the reads after the heal carry ``final``.
 
-Partition leaders serve reads from their applied state (no ReadIndex for partitions yet), so a
-deposed leader may serve a stale prefix: exactly what the stale-read checker looks for.
+Reads are linearizable: the high watermark comes from a ``ListOffsets`` with ``linearizable``
+set, which the leader answers only after a ReadIndex round (a majority confirmed it still
+leads, and it applied everything committed before the call). So every append acknowledged
+before a read began must be in that read's prefix: what the stale-read checker asserts. A
+deposed leader that has not noticed yet cannot answer (it would serve a stale prefix).
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ class LogWorkload(QueueWorkload):
         inv = self.ctx.invoke(process, "read", None, **fields)
         try:
             timeout = 60 if final else self.ctx.op_timeout_s
-            records, error = await drain_partition(self.ctx, a, self.topic, partition, timeout)
+            records, error = await drain_partition(
+                self.ctx, a, self.topic, partition, timeout, linearizable=True
+            )
         except OP_ERRORS as e:
             self.ctx.complete(inv, "fail", None, error=type(e).__name__)
             return
