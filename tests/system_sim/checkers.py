@@ -27,6 +27,8 @@ The properties (issue 13, "Checked after every step, or at the end of each seed"
 (i) ``liveness``: after the heal a new topic can be created, every partition accepted and
     returned a probe record within the bound, and every final drain read completed.
 (j) ``topics_survive``: a topic whose creation was acknowledged (and not deleted) still exists.
+(k) ``linearizable_offsets``: a linearizable ``ListOffsets`` (ReadIndex) answers a high
+    watermark above every acks=all record of that partition acknowledged before it was asked.
 
 Exemptions, all explicit: records of a topic that had a ``delete_topic`` invoked are exempt
 from (a), (c)-final and (d) (the topic may be gone); records below the final log start of a
@@ -58,6 +60,7 @@ __all__ = [
     "consumers_saw_only_durable",
     "groups_healthy",
     "harness_errors",
+    "linearizable_offsets",
     "liveness",
     "metadata_agrees",
     "no_duplicates",
@@ -458,6 +461,45 @@ def harness_errors(history: History, final: FinalState) -> list[str]:
     return _capped(list(final.errors), "harness")
 
 
+# ---------------------------------------------------------------------------- (k)
+
+
+def linearizable_offsets(history: History, final: FinalState) -> list[str]:
+    """Each ok ``offsets`` read (invoked at t, answered hw) against the acks=all records of its
+    partition acknowledged before t: every one must lie below hw. O(n log n): per partition,
+    the running maximum acknowledged offset by acknowledgement time."""
+    deleted = deleted_topics(history)
+    acked: dict[tuple[str, int], list[tuple[float, int, str]]] = defaultdict(list)
+    for op, send, ack in acks(history):
+        if send.acks == "all" and send.topic not in deleted:
+            acked[(send.topic, send.partition)].append((op.time_s, ack.offset, _short(send.value)))
+    prefix: dict[tuple[str, int], tuple[list[float], list[tuple[int, str]]]] = {}
+    for key, rows in acked.items():
+        rows.sort()
+        times, best, top = [], [], (-1, "")
+        for t, offset, value in rows:
+            if offset > top[0]:
+                top = (offset, value)
+            times.append(t)
+            best.append(top)
+        prefix[key] = (times, best)
+    found: list[str] = []
+    for inv, done in history.pairs("offsets"):
+        if done is None or done.type != "ok" or inv.value[0] in deleted:
+            continue
+        key, hw = tuple(inv.value), done.value
+        times, best = prefix.get(key, ([], []))
+        i = bisect.bisect_left(times, inv.time_s)  # acknowledged strictly before the invoke
+        if i and best[i - 1][0] >= hw:
+            offset, value = best[i - 1]
+            found.append(
+                f"{key[0]}/{key[1]}: linearizable ListOffsets invoked at t={inv.time_s:.3f} "
+                f"answered high watermark {hw} at t={done.time_s:.3f}, but {value} was "
+                f"acknowledged at offset {offset} before it was asked (a stale read)"
+            )
+    return _capped(found, "linearizable_offsets")
+
+
 Checker = Callable[[History, FinalState], list[str]]
 
 CHECKERS: dict[str, Checker] = {
@@ -471,6 +513,7 @@ CHECKERS: dict[str, Checker] = {
     "metadata_agrees": metadata_agrees,
     "groups_healthy": groups_healthy,
     "liveness": liveness,
+    "linearizable_offsets": linearizable_offsets,
     "harness": harness_errors,
 }
 

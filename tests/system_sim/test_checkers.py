@@ -7,6 +7,7 @@ from tests.system_sim.checkers import (
     check_all,
     consumers_saw_only_durable,
     groups_healthy,
+    linearizable_offsets,
     liveness,
     metadata_agrees,
     no_duplicates,
@@ -295,3 +296,40 @@ def test_acknowledged_topics_survive() -> None:
     assert "acknowledged topic lost" in topics_survive(h, lost)[0]
     h.invoke("admin", "delete_topic", T, 3.0)
     assert topics_survive(h, lost) == []
+
+
+# (k) -------------------------------------------------------------------------------------
+
+
+def offsets_read(h: History, t: float, hw: int, partition: int = 0) -> None:
+    h.invoke("offsets-reader", "offsets", (T, partition), t)
+    h.ok("offsets-reader", "offsets", hw, t + 0.01)
+
+
+def test_a_linearizable_read_covers_what_was_acknowledged_before_it() -> None:
+    h = History()
+    send(h, "p1", 0, b"p1:0", t=0.0, offset=4)  # acknowledged at t=0.01
+    offsets_read(h, 0.5, 5)
+    send(h, "p1", 1, b"p1:1", t=0.6, offset=7)  # after the read began: not required
+    offsets_read(h, 0.6, 5)  # concurrent with p1:1's acknowledgement
+    send(h, "p2", 0, b"p2:0", acks="leader", t=0.7, offset=9)  # acks=leader: not held to it
+    offsets_read(h, 1.0, 8)
+    assert linearizable_offsets(h, FinalState()) == []
+
+
+def test_a_stale_linearizable_read_is_reported() -> None:
+    h = History()
+    send(h, "p1", 0, b"p1:0", t=0.0, offset=4)
+    send(h, "p1", 1, b"p1:1", t=0.1, offset=6)
+    offsets_read(h, 1.0, 6)  # hw 6 misses offset 6, acknowledged at t=0.11
+    offsets_read(h, 1.0, 9, partition=1)  # another partition: nothing acknowledged there
+    found = linearizable_offsets(h, FinalState())
+    assert len(found) == 1 and "offset 6" in found[0] and "high watermark 6" in found[0], found
+
+
+def test_a_deleted_topic_is_exempt_from_linearizable_reads() -> None:
+    h = History()
+    send(h, "p1", 0, b"p1:0", t=0.0, offset=4)
+    h.invoke("admin", "delete_topic", T, 0.2)
+    offsets_read(h, 1.0, 1)
+    assert linearizable_offsets(h, FinalState()) == []

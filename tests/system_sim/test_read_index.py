@@ -145,3 +145,31 @@ def test_linearizable_list_offsets_never_answers_from_a_cut_off_leader() -> None
     assert out["b"] > out["a"] and out["after_failover"] >= out["b"] + 1, out
     assert out["quiesced_before_read"], out
     assert out["after_heal"] >= out["c"] + 1, out
+
+
+def test_the_simulation_catches_reads_served_without_read_index() -> None:
+    """The negative control of checker (k) on the real broker: with the ReadIndex round gone and
+    any replica answering reads from its own applied state (a follower left behind by a
+    leadership transfer keeps answering the reader whose metadata still names it), the
+    system simulation reports a stale linearizable read within a few seeds."""
+    from server.partition_replica import PartitionReplica
+    from tests.system_sim.putback import swap
+    from tests.system_sim.runner import run_seed
+
+    async def no_barrier(self: PartitionReplica, timeout_s: float) -> None:
+        return None
+
+    def any_replica_reads(self: PartitionReplica) -> None:
+        return None
+
+    found: list[str] = []
+    with (
+        swap(PartitionReplica, "read_barrier", no_barrier),
+        swap(PartitionReplica, "ensure_readable", any_replica_reads),
+    ):
+        for seed in range(20000, 20008):
+            result = run_seed(seed, 3)
+            found = [v for v in result.violations if v.startswith("[linearizable_offsets]")]
+            if found:
+                break
+    assert found, "eight seeds without ReadIndex and no stale linearizable read reported"

@@ -62,6 +62,7 @@ class WorkloadConfig:
     doomed_topic_share: float = 0.6  # chance a seed deletes a topic under load
     mid_run_topics: tuple[int, int] = (0, 2)
     admin_gap_s: float = 1.5  # mean pause between two admin operations
+    offsets_gap_s: float = 0.3  # mean pause between two linearizable ListOffsets
     poll_timeout_s: float = 0.2
     seek_share: float = 0.05  # chance per poll that a consumer seeks first
     delivery_timeout_ms: float = 15_000.0
@@ -258,6 +259,7 @@ class Workload:
                 loop.create_task(self._run_consumer(name, consumer, parts), name=name)
             )
         self._tasks.append(loop.create_task(self._run_admin(fault_s), name="admin"))
+        self._tasks.append(loop.create_task(self._run_offsets_reader(), name="offsets"))
 
     async def stop(self) -> None:
         """Stops every process at once: the loops end, producers flush and close (each bounded
@@ -402,6 +404,38 @@ class Workload:
                 await self.create_topic(self._new_plan(), attempts=3)
             elif roll < 0.8:
                 await self.transfer_leadership()
+
+    async def _run_offsets_reader(self) -> None:
+        """Linearizable reads (``list_offsets(linearizable=True)``, a ReadIndex round on the
+        partition leader) of random partitions all through the faults: checker (k) holds each
+        answer to every acks=all append acknowledged before it was asked."""
+        admin = AdminClient(
+            self.cluster.bootstrap(),
+            AdminConfig(
+                request_timeout_ms=self.cfg.request_timeout_ms, operation_timeout_ms=5_000.0
+            ),
+            **self._client_kwargs("offsets-reader"),
+        )
+        try:
+            while not self._stop.is_set():
+                await asyncio.sleep(self.rng.expovariate(1 / self.cfg.offsets_gap_s))
+                topics = self.live_topics()
+                if self._stop.is_set() or not topics:
+                    continue
+                plan = self.rng.choice(topics)
+                key = (plan.name, self.rng.randrange(plan.partitions))
+                self.history.invoke("offsets-reader", "offsets", key, self.now())
+                try:
+                    r = await admin.list_offsets(*key, timeout_s=5.0, linearizable=True)
+                except Exception as exc:
+                    self.history.fail("offsets-reader", "offsets", _error(exc), self.now())
+                    continue
+                self.history.ok("offsets-reader", "offsets", r.high_watermark, self.now())
+        finally:
+            try:
+                await asyncio.wait_for(admin.close(), 5.0)
+            except Exception:
+                pass
 
     async def delete_topic(self, plan: TopicPlan) -> None:
         plan.deleted = True
