@@ -48,7 +48,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = tempfile.TemporaryDirectory(prefix="replog-bench-")
-        settings = [f"storage.fsync={args.fsync}"]
+        settings = [f"storage.fsync={args.fsync}", *args.set]
         self.cluster = LocalCluster(Path(self.tmp.name), nodes=args.brokers, settings=settings)
 
     async def __aenter__(self) -> Bench:
@@ -228,6 +228,7 @@ def header(args: argparse.Namespace) -> None:
     print(
         f"brokers={args.brokers} fsync={args.fsync} acks={args.acks} record_bytes={args.record_bytes} "
         f"batch_bytes={args.batch_bytes} linger_ms={args.linger_ms}"
+        + "".join(f" set:{kv}" for kv in args.set)
     )
 
 
@@ -255,6 +256,13 @@ async def main() -> int:
     ap.add_argument("--rate", type=float, default=22_000.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a broker config override for every broker (as `replog server --set`)",
+    )
     args = ap.parse_args()
     tune_malloc()  # the client builds 256 KiB batches too (see server/memtune.py)
     tune_gc()
