@@ -45,7 +45,41 @@ class Executor(Protocol):
         concurrently. The future resolves on the event loop."""
         ...
 
+    def submit_then(
+        self,
+        lane: str,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        then: Callable[[T | None, BaseException | None], None],
+    ) -> None:
+        """Like ``submit``, but the outcome goes straight to ``then(result, error)`` on the
+        event loop, with no future in between (a future's callbacks run one loop iteration
+        after it resolves: on the fsync path that hop sat in every replication round). A job
+        that can no longer run (shutdown) reports ``asyncio.CancelledError`` as its error."""
+        ...
+
     def shutdown(self) -> None: ...
+
+
+def then_via_future(
+    executor: Executor,
+    lane: str,
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    then: Callable[[T | None, BaseException | None], None],
+) -> None:
+    """``submit_then`` for executors whose only primitive is ``submit`` (tests, simulation):
+    same outcome, one loop iteration later."""
+
+    def done(fut: asyncio.Future[T]) -> None:
+        if fut.cancelled():
+            then(None, asyncio.CancelledError())
+        elif fut.exception() is not None:
+            then(None, fut.exception())
+        else:
+            then(fut.result(), None)
+
+    executor.submit(lane, fn, *args).add_done_callback(done)
 
 
 class Link(Protocol):
@@ -104,34 +138,48 @@ class ThreadExecutor:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="replog-io")
         self._burst = burst
         self._lock = threading.Lock()  # guards _lanes: the loop appends, workers pop
-        self._lanes: dict[
-            str, deque[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]]
-        ] = {}
+        # lane -> queued jobs: (future, fn, args, then); exactly one of future/then is set
+        self._lanes: dict[str, deque[tuple[Any, Callable[..., Any], tuple[Any, ...], Any]]] = {}
 
     def submit(self, lane: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
+        self._enqueue(loop, lane, (fut, fn, args, None))
+        return fut
+
+    def submit_then(
+        self,
+        lane: str,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        then: Callable[[T | None, BaseException | None], None],
+    ) -> None:
+        self._enqueue(asyncio.get_running_loop(), lane, (None, fn, args, then))
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, lane: str, job: tuple[Any, ...]) -> None:
         with self._lock:
             queue = self._lanes.get(lane)
             idle = queue is None
             if queue is None:
                 self._lanes[lane] = queue = deque()
-            queue.append((fut, fn, args))
+            queue.append(job)  # type: ignore[arg-type]
         if idle:
             self._pool.submit(self._run_lane, loop, lane, queue)
-        return fut
 
     def _run_lane(self, loop: asyncio.AbstractEventLoop, lane: str, queue: deque[Any]) -> None:
         """In a worker: run the lane's jobs in order (the head stays queued while it runs, so
         ``submit`` sees the lane busy); hand each outcome to the loop."""
         for _ in range(self._burst):
-            fut, fn, args = queue[0]
+            fut, fn, args, then = queue[0]
             try:
                 result, error = fn(*args), None
             except BaseException as exc:
                 result, error = None, exc
             try:
-                loop.call_soon_threadsafe(_settle, fut, result, error)
+                if then is not None:
+                    loop.call_soon_threadsafe(then, result, error)
+                else:
+                    loop.call_soon_threadsafe(_settle, fut, result, error)
             except RuntimeError:  # the loop is closed: nobody waits for this any more
                 pass
             with self._lock:

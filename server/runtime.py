@@ -361,11 +361,16 @@ class Runtime:
                 self._touched.add(group.group_id)
             return
         last = rd.entries[-1].index if rd.entries else 0
-        job = self.executor.submit(group.lane, group.log.sync)
         group.jobs_in_flight += 1
         self.sync_jobs += 1
         behind = group.behind_newest_job = [0]
-        job.add_done_callback(lambda f: self._on_synced(group, rd.number, last, f, behind))
+        number = rd.number
+        self.executor.submit_then(
+            group.lane,
+            group.log.sync,
+            (),
+            lambda _result, error: self._on_synced(group, number, last, error, behind),
+        )
 
     def _apply(self, group: Group, rd: Ready) -> None:
         """Applies what the core handed out as committed in this Ready, in the same turn (the
@@ -385,16 +390,15 @@ class Runtime:
         group: Group,
         number: int,
         last: int,
-        job: asyncio.Future[None],
+        error: BaseException | None,
         behind: list[int],
     ) -> None:
         group.jobs_in_flight -= 1
         if group.failed is not None or group.removed:
             return
-        if job.cancelled():
+        if isinstance(error, asyncio.CancelledError):
             self._fail(group, RuntimeError("persistence job cancelled"))
             return
-        error = job.exception()
         if error is not None:
             self._fail(group, error)  # this group only: other groups' jobs are their own
             return

@@ -13,6 +13,7 @@ from raft.config import RaftConfig
 from raft.memory import MemoryStorage
 from raft.rawnode import RawNode
 from raft.types import ConfState, Entry, HardState, ReadState, Snapshot, SoftState
+from server.env import then_via_future
 from server.runtime import Group, Runtime
 
 
@@ -86,6 +87,9 @@ class ManualExecutor:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.jobs.append((lane, fn, args, fut))
         return fut
+
+    def submit_then(self, lane: str, fn: Callable[..., Any], args: Any, then: Any) -> None:
+        then_via_future(self, lane, fn, args, then)
 
     def run_all(self, lane: str | None = None) -> None:
         keep = []

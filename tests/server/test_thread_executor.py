@@ -91,3 +91,45 @@ def test_a_cancelled_future_does_not_stop_the_lane() -> None:
         ex.shutdown()
 
     asyncio.run(main())
+
+
+def test_submit_then_delivers_outcomes_in_lane_order_without_a_future() -> None:
+    """``submit_then`` jobs share the lane with ``submit`` jobs (FIFO), and each outcome,
+    error included, reaches ``then`` on the loop thread in submission order."""
+
+    async def main() -> None:
+        ex = ThreadExecutor(max_workers=2, burst=2)
+        loop_thread = threading.get_ident()
+        got: list[tuple[object, str | None, bool]] = []
+        all_done = asyncio.Event()
+
+        def then(result: object, error: BaseException | None) -> None:
+            got.append(
+                (
+                    result,
+                    None if error is None else str(error),
+                    threading.get_ident() == loop_thread,
+                )
+            )
+            if len(got) == 4:
+                all_done.set()
+
+        def boom() -> None:
+            raise OSError(5, "EIO")
+
+        ex.submit_then("g", lambda x: x + 1, (1,), then)
+        middle = ex.submit("g", lambda: "future")
+        ex.submit_then("g", boom, (), then)
+        ex.submit_then("g", lambda: "three", (), then)
+        ex.submit_then("g", lambda: "four", (), then)
+        await asyncio.wait_for(all_done.wait(), WAIT_S)
+        assert await asyncio.wait_for(middle, WAIT_S) == "future"
+        assert got == [
+            (2, None, True),
+            (None, "[Errno 5] EIO", True),
+            ("three", None, True),
+            ("four", None, True),
+        ]
+        ex.shutdown()
+
+    asyncio.run(main())

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from server.env import then_via_future
 from tests.system_sim.fs import SimDisk
 
 __all__ = ["SimExecutor"]
@@ -100,6 +101,15 @@ class SimExecutor:
         if not state.busy:
             self._start_next(lane, state)
         return future
+
+    def submit_then(
+        self,
+        lane: str,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        then: Callable[[T | None, BaseException | None], None],
+    ) -> None:
+        then_via_future(self, lane, fn, args, then)
 
     def _start_next(self, lane: str, state: _Lane) -> None:
         while state.queue and state.queue[0].future.cancelled():
