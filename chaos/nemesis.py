@@ -3,9 +3,12 @@
 Contract: ``Nemesis.start_fault(name)`` picks a concrete fault of that class (seeded RNG),
 injects it and records ``start`` in the history; ``stop_fault()`` undoes it and records
 ``stop``. Both are recorded as an ``invoke`` + ``info`` pair of process ``"nemesis"`` with
-value ``{"fault": kind, ...}``. A fault class that cannot run here (power loss without FUSE)
-is recorded once as ``skip`` with the reason, never silently passed. ``heal()`` undoes
-everything, whatever happened before.
+value ``{"fault": kind, ...}``. A fault class that cannot run here (power loss without FUSE,
+or on a prepared cluster without LazyFS mounts) is recorded once as ``skip`` with the reason,
+never silently passed. ``heal()`` undoes everything, whatever happened before.
+
+The cluster is a ``ChaosCluster``: one this process started, or an ``AttachedCluster`` (a
+cluster ``replog chaos prepare`` started); the nemesis uses only their common interface.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ MIX = ("partition", "kill", "pause", "latency", "slow", "reset", "power-loss", "
 Undo = Callable[[], Awaitable[None]]
 
 
+def _each(action: Callable[[int], None], node_ids: list[int]) -> None:
+    for i in node_ids:
+        action(i)
+
+
 class Skipped(Exception):
     """A fault class that cannot run on this machine; the message says why."""
 
@@ -58,14 +66,14 @@ class Nemesis:
         rng: random.Random,
         leaders: Callable[[], Awaitable[dict[str, int]]],
         write_new_topic: Callable[[str], Awaitable[int]] | None = None,
-        fuse_reason: str | None = None,
+        power_loss_reason: str | None = None,
     ) -> None:
         self.c = cluster
         self.h = history
         self.rng = rng
         self.leaders = leaders  # {"metadata": id, "topic/p": id, ...} from the cluster
         self.write_new_topic = write_new_topic
-        self.fuse_reason = fuse_reason
+        self.power_loss_reason = power_loss_reason  # e.g. "FUSE unavailable: ..."
         self.current: tuple[str, Undo] | None = None
         self.skipped: dict[str, str] = {}
         self._seq = 0
@@ -98,7 +106,7 @@ class Nemesis:
             return None
         self._record("start", {"fault": kind, "class": name, **detail})
         self.current = (kind, undo)
-        return kind
+        return str(kind)
 
     async def stop_fault(self) -> None:
         if self.current is None:
@@ -280,10 +288,10 @@ class Nemesis:
     async def _kill(self) -> tuple[str, dict[str, Any], Undo]:
         how = self.rng.choice(["one", "minority", "majority", "all"])
         victims = self._some(how)
-        await asyncio.to_thread(lambda: [self.c.kill(i) for i in victims])
+        await asyncio.to_thread(_each, self.c.kill, victims)
 
         async def undo() -> None:
-            await asyncio.to_thread(lambda: [self.c.start_node(i) for i in victims])
+            await asyncio.to_thread(_each, self.c.start_node, victims)
 
         return f"kill-{how}", {"nodes": victims}, undo
 
@@ -300,8 +308,9 @@ class Nemesis:
         return f"pause-{how}", {"nodes": victims}, undo
 
     async def _power_loss(self, everyone: bool = False) -> tuple[str, dict[str, Any], Undo]:
-        if self.fuse_reason is not None:
-            raise Skipped(f"FUSE unavailable: {self.fuse_reason}")
+        reason = self.power_loss_reason or self.c.power_loss_unavailable()
+        if reason is not None:
+            raise Skipped(reason)
         victims = list(self.c.node_ids) if everyone else self._some("one")
         seed = self.rng.randrange(1 << 30)
 
@@ -332,9 +341,9 @@ class Nemesis:
         topic = f"chaos-fresh-{self._seq}"
         acked = await self.write_new_topic(topic)
         ids = self.c.node_ids
-        await asyncio.to_thread(lambda: [self.c.kill(i) for i in ids])
+        await asyncio.to_thread(_each, self.c.kill, ids)
         await asyncio.sleep(self.rng.uniform(0.5, 2.0))
-        await asyncio.to_thread(lambda: [self.c.start_node(i) for i in ids])
+        await asyncio.to_thread(_each, self.c.start_node, ids)
 
         async def undo() -> None:
             return None

@@ -3,8 +3,12 @@ injects faults on a seeded schedule, heal, wait for recovery, read the final sta
 history and write history.jsonl, results.json and report.html.
 
 Contract: every wait is bounded; the cluster (brokers, Toxiproxy, LazyFS mounts) is stopped in
-a ``finally``, also on Ctrl-C. ``finish`` turns a history into results and is shared with
-``replog chaos check``, so both give the same verdict for the same history.
+a ``finally``, also on Ctrl-C. With ``--bootstrap DIR/cluster.json`` the run attaches to a
+cluster ``replog chaos prepare`` started (``AttachedCluster``): the same faults, and in the
+``finally`` every fault is healed and the cluster is left running (killed brokers started
+again), never stopped. With ``--bootstrap ADDRS`` only workloads run (``--nemesis none``).
+``finish`` turns a history into results and is shared with ``replog chaos check``, so both give
+the same verdict for the same history.
 """
 
 from __future__ import annotations
@@ -20,17 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from chaos.checkers import check_all
-from chaos.cluster import ChaosCluster
+from chaos.cluster import AttachedCluster, ChaosCluster, description_path, wait_ready
 from chaos.history import HistoryWriter, Op, read_history
 from chaos.nemesis import Nemesis
 from chaos.report import fault_stats, write_report
 from chaos.workloads import Context, Workload, make_workload
 from chaos.workloads.clients import admin
-from client.errors import ReplogError
+from client.errors import ReplogError, UnknownTopic
 
 RECOVERY_S = 90.0
 VERIFY_S = 60.0  # bound on asking replicas that are still restarting again
 NEMESIS_OP_S = 120.0  # bound on injecting or undoing one fault (a crash-after-create writes)
+DROP_TOPICS_S = 60.0  # bound on deleting an earlier run's topics from a bootstrapped cluster
+OWN_TOPICS = "chaos-"  # every topic the workloads and nemeses create starts with this
 
 
 @dataclass
@@ -70,20 +76,7 @@ def _wants_fuse(nemeses: list[str]) -> bool:
 
 async def _wait_ready(ctx: Context, timeout_s: float) -> bool:
     """The metadata group has a leader and every broker is alive (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    async with admin(ctx, 10) as a:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                d = await asyncio.wait_for(a.describe_cluster(), 10)
-                if (
-                    d.metadata_leader
-                    and d.brokers
-                    and all(b.alive for b in d.brokers)
-                    and len(d.brokers) >= len(ctx.node_addresses)
-                ):
-                    return True
-            await asyncio.sleep(0.5)
-    return False
+    return await wait_ready(ctx.bootstrap, ctx.client_kwargs, len(ctx.node_addresses), timeout_s)
 
 
 def _record(history: HistoryWriter, f: str, value: dict[str, Any]) -> None:
@@ -97,21 +90,24 @@ async def run(opts: Options) -> dict[str, Any]:
     hist_path.unlink(missing_ok=True)
     seed = opts.seed if opts.seed is not None else random.randrange(1 << 31)
     rng = random.Random(seed)
-    fuse_reason = None
-    if _wants_fuse(opts.nemeses):
+    described = description_path(opts.bootstrap)
+    if opts.bootstrap and described is None and opts.nemeses != ["none"]:
+        raise ValueError(
+            "--bootstrap with addresses runs workloads against an existing cluster; "
+            "only --nemesis none is supported there (faults need a cluster the suite started "
+            "or one prepared with `replog chaos prepare`: --bootstrap DIR/cluster.json)"
+        )
+    # Why power loss cannot run here (recorded as skip), or None.
+    power_reason = None
+    if _wants_fuse(opts.nemeses) and described is None:
         from chaos.lazyfs import fuse_unavailable_reason
 
         fuse_reason = fuse_unavailable_reason()
         if fuse_reason:
+            power_reason = f"FUSE unavailable: {fuse_reason}"
             _say(opts, f"chaos: FUSE unavailable, power-loss nemesis skipped: {fuse_reason}")
-    if opts.bootstrap and opts.nemeses != ["none"]:
-        raise ValueError(
-            "--bootstrap runs workloads against an existing cluster; "
-            "only --nemesis none is supported there (the suite drives faults "
-            "only on clusters it starts)"
-        )
-    cluster = None
-    run_info = {
+    cluster: ChaosCluster | None = None
+    run_info: dict[str, Any] = {
         "nodes": opts.nodes,
         "dcs": opts.dcs,
         "workloads": opts.workloads,
@@ -123,7 +119,23 @@ async def run(opts: Options) -> dict[str, Any]:
     }
     with HistoryWriter(hist_path) as history:
         try:
-            if opts.bootstrap:
+            if described is not None:
+                _say(opts, f"chaos: attaching to the prepared cluster {described} (seed {seed})")
+                cluster = AttachedCluster(described)
+                await asyncio.to_thread(cluster.start)
+                addrs, bootstrap = dict(cluster.client_addresses), cluster.bootstrap
+                kwargs = cluster.client_kwargs()
+                run_info.update(
+                    nodes=cluster.n,
+                    dcs=len(cluster.dc_names()),
+                    settings=cluster.settings,
+                    bootstrap=str(described),
+                )
+                if _wants_fuse(opts.nemeses):
+                    power_reason = cluster.power_loss_unavailable()
+                    if power_reason:
+                        _say(opts, f"chaos: power-loss nemesis skipped: {power_reason}")
+            elif opts.bootstrap:
                 addrs = dict(enumerate(opts.bootstrap.split(","), 1))
                 bootstrap, kwargs = opts.bootstrap, {}
             else:
@@ -133,7 +145,7 @@ async def run(opts: Options) -> dict[str, Any]:
                     opts.nodes,
                     opts.dcs,
                     opts.settings,
-                    lazyfs=_wants_fuse(opts.nemeses) and fuse_reason is None,
+                    lazyfs=_wants_fuse(opts.nemeses) and power_reason is None,
                 )
                 await asyncio.to_thread(cluster.start)
                 addrs, bootstrap = dict(cluster.client_addresses), cluster.bootstrap
@@ -143,10 +155,15 @@ async def run(opts: Options) -> dict[str, Any]:
                 raise RuntimeError(
                     "cluster not ready in 60 s" + (f"\n{cluster.log_tail()}" if cluster else "")
                 )
-            results = await _run_phases(opts, ctx, cluster, history, rng, fuse_reason)
+            if opts.bootstrap:
+                await _drop_old_topics(opts, ctx, history)
+            results = await _run_phases(opts, ctx, cluster, history, rng, power_reason)
         finally:
             if cluster is not None:
-                _say(opts, "chaos: stopping the cluster")
+                if isinstance(cluster, AttachedCluster):
+                    _say(opts, "chaos: detaching; the prepared cluster keeps running, healed")
+                else:
+                    _say(opts, "chaos: stopping the cluster")
                 await asyncio.to_thread(cluster.stop)
     results = finish(opts.out, extra=results)
     results["run"] = run_info
@@ -160,7 +177,7 @@ async def _run_phases(
     cluster: ChaosCluster | None,
     history: HistoryWriter,
     rng: random.Random,
-    fuse_reason: str | None,
+    power_reason: str | None,
 ) -> dict[str, Any]:
     workloads = [make_workload(w, ctx, opts.partitions, opts.workers) for w in opts.workloads]
     for w in workloads:
@@ -174,14 +191,12 @@ async def _run_phases(
             rng,
             lambda: _leaders(ctx, workloads),
             _fresh_topic_writer(queue) if queue else None,
-            fuse_reason,
+            power_reason,
         )
-        if fuse_reason:
+        if power_reason:
             for n in ("power-loss", "power-loss-all", "mix"):
                 if n in opts.nemeses:
-                    nemesis.skip(
-                        n if n != "mix" else "power-loss", f"FUSE unavailable: {fuse_reason}"
-                    )
+                    nemesis.skip(n if n != "mix" else "power-loss", power_reason)
     tasks = [asyncio.create_task(w.run()) for w in workloads]
     start = time.monotonic()
     try:
@@ -208,6 +223,30 @@ async def _run_phases(
     _say(opts, "chaos: comparing replicas (replog partition verify)")
     _record(history, "verify", await _verify_replicas(ctx, time.monotonic() + VERIFY_S))
     return {"skipped": nemesis.skipped if nemesis else {}}
+
+
+async def _drop_old_topics(opts: Options, ctx: Context, history: HistoryWriter) -> None:
+    """A cluster the run did not start may hold an earlier run's ``chaos-*`` topics; their
+    records (same values, other producers) would read as anomalies of this run. Delete them
+    and wait (bounded) until no broker lists them; recorded as the runner's
+    ``drop-old-topics``. Other topics are left alone."""
+    deadline = time.monotonic() + DROP_TOPICS_S
+    async with admin(ctx, 30) as a:
+        old = sorted(t.name for t in await a.list_topics() if t.name.startswith(OWN_TOPICS))
+        if old:
+            _say(opts, f"chaos: deleting topics of an earlier run: {', '.join(old)}")
+        for name in old:
+            with contextlib.suppress(UnknownTopic):
+                await asyncio.wait_for(a.delete_topic(name), 30)
+        left = list(old)
+        while left and time.monotonic() < deadline:
+            names = {t.name for t in await asyncio.wait_for(a.list_topics(), 10)}
+            left = [n for n in old if n in names]
+            if left:
+                await asyncio.sleep(0.5)
+    if left:
+        raise RuntimeError(f"topics of an earlier run still listed after {DROP_TOPICS_S} s: {left}")
+    _record(history, "drop-old-topics", {"deleted": old})
 
 
 async def _verify_replicas(ctx: Context, deadline: float) -> dict[str, Any]:
@@ -238,7 +277,9 @@ async def _schedule(opts: Options, ctx: Context, nemesis: Nemesis | None, start:
     """Quiet, fault, quiet, fault... until --time; progress every 10 s."""
     fault_s = _interval(opts)
     end = start + opts.time_s
-    rotation = [n for n in opts.nemeses if n != "none"]
+    # A class skipped up front (power loss without LazyFS) takes no turn in the rotation.
+    skipped = nemesis.skipped if nemesis is not None else {}
+    rotation = [n for n in opts.nemeses if n != "none" and n not in skipped]
     k = 0
     current = None
     next_progress = start
