@@ -318,7 +318,11 @@ class Connection:
     async def on_retriable_error(
         self, error: ReplogError, topics: Sequence[str] = (), key: tuple[str, int] | None = None
     ) -> None:
-        """Learn from a retriable error: follow a leader hint or refresh metadata."""
+        """Learn from a retriable error: follow a leader hint or refresh metadata. Without a
+        hint the refresh asks the *next* broker: the one asked last named a leader that does not
+        lead (or none), and a broker cut off from the cluster keeps naming the leaders it knew,
+        so asking it again would never find the new one (a cut-off partition leader stalled
+        every producer of that partition for the whole fault in the chaos suite)."""
         if isinstance(error, NotLeader) and key is not None:
             address = error.leader_address or (
                 self.address_of(error.leader_id) if error.leader_id else None
@@ -326,6 +330,8 @@ class Connection:
             if address:
                 self.note_leader(key[0], key[1], error.leader_id, address)
                 return
+        if isinstance(error, NotLeader | LeaderNotAvailable):
+            self._any_index += 1
         if error.refresh_metadata:
             try:
                 await self.refresh_metadata(topics)

@@ -62,3 +62,59 @@ def test_an_empty_fetch_steps_over_committed_control_entries_but_never_past_the_
     assert position == 5
     _, position = _decode("t", 0, pb.FetchResponse(next_offset=7, high_watermark=5), 4)
     assert position == 4
+
+
+class StaleOrFresh:
+    """Broker b1 is cut off from the cluster: its metadata still names itself leader of t/0,
+    and it answers NOT_LEADER without a hint (it does not know the new leader). Broker b2
+    names the real leader, itself."""
+
+    def __init__(self, node_id: int, calls: list[int]) -> None:
+        self.node_id, self.calls = node_id, calls
+
+    async def Metadata(self, request: pb.MetadataRequest, timeout: Any = None) -> Any:
+        self.calls.append(self.node_id)
+        return pb.MetadataResponse(
+            brokers=[pb.Broker(id=1, address="b1:1"), pb.Broker(id=2, address="b2:1")],
+            topics=[
+                pb.TopicMetadata(
+                    name="t", partitions=[pb.PartitionMetadata(partition=0, leader=self.node_id)]
+                )
+            ],
+        )
+
+
+def test_a_leader_without_a_hint_makes_the_refresh_ask_another_broker() -> None:
+    """The chaos suite's cut-off partition leader: it kept naming itself in metadata and
+    answered NOT_LEADER without a hint, and the client asked it again on every refresh, so
+    no producer of that partition found the new leader for the whole fault."""
+    from client.errors import NotLeader
+
+    calls: list[int] = []
+    brokers = {"b1:1": StaleOrFresh(1, calls), "b2:1": StaleOrFresh(2, calls)}
+
+    async def scenario() -> tuple[str, int]:
+        conn = Connection(
+            "b1:1,b2:1",
+            stub_factory=lambda a: brokers[a],
+            retry_backoff_ms=1,
+            retry_backoff_max_ms=1,
+        )
+        loop = asyncio.get_running_loop()
+        tries = 0
+
+        async def produce() -> str:
+            nonlocal tries
+            tries += 1
+            address = await conn.leader_address("t", 0, deadline=loop.time() + 5)
+            if address == "b1:1":
+                raise NotLeader("node 1 does not lead t/0")  # no hint: it does not know
+            return address
+
+        got = await conn.retry_call(produce, deadline=loop.time() + 5, topics=["t"], key=("t", 0))
+        return got, tries
+
+    got, tries = asyncio.run(scenario())
+    assert got == "b2:1"
+    assert tries == 2, (tries, calls)  # one NOT_LEADER, then the refresh asked b2
+    assert calls == [1, 2]

@@ -99,11 +99,20 @@ async def _scenario() -> dict[str, Any]:
     # the new leader acknowledges it
     out["b"] = (await producer.send_and_wait(TOPIC, b"b", partition=0)).offset
     out["new_leader"] = _leader(cluster)
+    # Once the cut-off broker has stepped down (CheckQuorum), its metadata must not name itself
+    # (nor anyone it cannot know): clients would be sent back to it forever.
+    loop = asyncio.get_running_loop()
+    node = next(n for n in cluster.nodes() if n.node_id == old)
+    replica = node.partitions[node.by_name[(TOPIC, 0)]]
+    deadline = loop.time() + 10.0
+    while replica.role == Role.LEADER and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    meta = await stub.Metadata(pb.MetadataRequest(topics=[TOPIC]), timeout=1.0)
+    out["cut_off_names"] = meta.topics[0].partitions[0].leader
     out["after_failover"] = await _ask(admin, linearizable=True)
 
     cluster.net.heal()
     out["c"] = (await producer.send_and_wait(TOPIC, b"c", partition=0)).offset
-    loop = asyncio.get_running_loop()
     deadline = loop.time() + 30.0
     leader = _leader(cluster)
     group_id = cluster.nodes()[0].by_name[(TOPIC, 0)]
@@ -142,6 +151,7 @@ def test_linearizable_list_offsets_never_answers_from_a_cut_off_leader() -> None
     # ...but never a linearizable one: no majority confirms it.
     assert not isinstance(out["cut_off_linearizable"], int), out
     assert out["new_leader"] is not None, out
+    assert out["cut_off_names"] == 0, out  # not itself: it knows it no longer leads
     assert out["b"] > out["a"] and out["after_failover"] >= out["b"] + 1, out
     assert out["quiesced_before_read"], out
     assert out["after_heal"] >= out["c"] + 1, out
