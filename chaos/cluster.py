@@ -41,6 +41,7 @@ from typing import Any
 import toxiproxy
 
 from chaos.toxiproxy.launcher import ToxiproxyHandle, start_toxiproxy
+from server.launch import HOST, dc_of, free_ports, server_command, voters_flag
 
 REPO = Path(__file__).resolve().parents[1]
 # toxiproxy-python passes no timeout to requests: the process-wide default bounds each API call.
@@ -102,18 +103,6 @@ def _kill_pid(pid: int, args: list[str], timeout_s: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: not runs(pid, args), timeout_s, 0.02)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
@@ -228,13 +217,13 @@ class ChaosCluster:
 
     def _start(self) -> None:
         ports = free_ports(self.n)
-        voters_n = 5 if self.n >= 5 else (3 if self.n >= 3 else 1)
-        voters = ",".join(f"{i}=127.0.0.1:{ports[i - 1]}" for i in range(1, voters_n + 1))
-        for i in range(1, self.n + 1):
+        addresses = {i: f"{HOST}:{ports[i - 1]}" for i in range(1, self.n + 1)}
+        voters = voters_flag(addresses)
+        for i, address in addresses.items():
             self.nodes[i] = Node(
                 i,
-                f"127.0.0.1:{ports[i - 1]}",
-                f"dc{(i - 1) % self.dcs + 1}",
+                address,
+                dc_of(i, self.dcs),
                 self.root / f"node-{i}" / "data",
                 self.root / f"node-{i}.log",
             )
@@ -267,31 +256,21 @@ class ChaosCluster:
         return p
 
     def _args(self, node: Node, voters: str) -> list[str]:
-        args = [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "server",
-            "--node-id",
-            str(node.node_id),
-            "--listen",
+        peers = {
+            j: self.proxies[self.link_name(node.node_id, j)].listen
+            for j in self.node_ids
+            if j != node.node_id
+        }
+        return server_command(
+            node.node_id,
             node.address,
-            "--data-dir",
             str(node.data_dir),
-            "--dc",
             node.dc,
-            "--voters",
             voters,
-            "--log-level",
-            "info",
-        ]
-        for j in self.node_ids:
-            if j != node.node_id:
-                listen = self.proxies[self.link_name(node.node_id, j)].listen
-                args += ["--peer-address", f"{j}={listen}"]
-        for s in self.settings:
-            args += ["--set", s]
-        return args
+            settings=self.settings,
+            peer_addresses=peers,
+            log_level="info",
+        )
 
     def _mount(self, node: Node) -> None:
         from chaos.lazyfs import LazyFS

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.launch import HOST, dc_of, server_command, voter_count
+
 __all__ = [
     "DevCluster",
     "DevNode",
@@ -47,8 +49,6 @@ __all__ = [
     "voters_flag",
 ]
 
-HOST = "127.0.0.1"
-
 
 # ---------------------------------------------------------------- layout (pure)
 
@@ -61,20 +61,6 @@ class DevNode:
     data_dir: str
     log_file: str
     voter: bool
-
-
-def voter_count(nodes: int) -> int:
-    """Metadata voters for a cluster of ``nodes``: 5 if >= 5, 3 if >= 3, else 1."""
-    if nodes >= 5:
-        return 5
-    if nodes >= 3:
-        return 3
-    return 1
-
-
-def dc_of(node_id: int, dcs: int) -> str:
-    """Round-robin DC assignment, so consecutive nodes land in different DCs."""
-    return f"dc{((node_id - 1) % dcs) + 1}"
 
 
 def plan_nodes(nodes: int, dcs: int, data_dir: str, port: int) -> list[DevNode]:
@@ -117,27 +103,15 @@ def server_argv(
     python: str = sys.executable,
 ) -> list[str]:
     """The command line that starts ``node`` (the ``replog server`` contract shape)."""
-    argv = [
-        python,
-        "-m",
-        "server.cli",
-        "server",
-        "--node-id",
-        str(node.node_id),
-        "--listen",
+    return server_command(
+        node.node_id,
         node.address,
-        "--data-dir",
         node.data_dir,
-        "--dc",
         node.dc,
-        "--voters",
         voters_flag(plan),
-        "--set",
-        f"storage.fsync={fsync}",
-    ]
-    for item in sets:
-        argv += ["--set", item]
-    return argv
+        settings=[f"storage.fsync={fsync}", *sets],
+        python=python,
+    )
 
 
 def dev_parser() -> argparse.ArgumentParser:

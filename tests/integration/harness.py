@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from server.launch import HOST, dc_of, free_ports, server_command, voters_flag
 from wire import replog_pb2 as pb
 from wire import replog_pb2_grpc as pb_grpc
 
@@ -33,18 +32,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
@@ -71,31 +58,19 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         ports = free_ports(self.nodes)
-        voters_n = 5 if self.nodes >= 5 else (3 if self.nodes >= 3 else 1)
-        voters = ",".join(f"{i}=127.0.0.1:{ports[i - 1]}" for i in range(1, voters_n + 1))
-        for i in range(1, self.nodes + 1):
-            address = f"127.0.0.1:{ports[i - 1]}"
+        addresses = {i: f"{HOST}:{ports[i - 1]}" for i in range(1, self.nodes + 1)}
+        voters = voters_flag(addresses)
+        for i, address in addresses.items():
             data_dir = self.root / f"node-{i}"
-            args = [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "server",
-                "--node-id",
-                str(i),
-                "--listen",
+            args = server_command(
+                i,
                 address,
-                "--data-dir",
                 str(data_dir),
-                "--dc",
-                f"dc{(i - 1) % self.dcs + 1}",
-                "--voters",
+                dc_of(i, self.dcs),
                 voters,
-                "--log-level",
-                "info",
-            ]
-            for s in self.settings:
-                args += ["--set", s]
+                settings=self.settings,
+                log_level="info",
+            )
             self.brokers[i] = BrokerProc(i, address, data_dir, self.root / f"node-{i}.log", args)
 
     @property
