@@ -432,10 +432,7 @@ class PartitionReplica:
         else:
             fut = self._propose(admission, acks_leader)
         self._touch(self.group_id)
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            raise timed_out(f"produce to {self.what}") from None
+        return await answer_within(fut, timeout_s, f"produce to {self.what}")
 
     def _duplicate_answer(self, dup: DuplicateOf) -> asyncio.Future[ProduceResult]:
         answer = ProduceResult(dup.base_offset, dup.last_offset, self.state.log_start_offset, True)
@@ -676,6 +673,28 @@ class PartitionReplica:
         return Snapshot(
             SnapshotMetadata(index, self.log.term(index), conf), replay.snapshot(log_start)
         )
+
+
+async def answer_within(
+    fut: asyncio.Future[ProduceResult], timeout_s: float, what: str
+) -> ProduceResult:
+    """The answer of a produce waiter, or REQUEST_TIMED_OUT after ``timeout_s``. Awaits the
+    waiter itself (each caller has its own; ProposalWaiters never resolves one twice), with a
+    timer that fails it: the task resumes one loop iteration after apply resolves it, where
+    ``wait_for(shield(fut))`` took three (shield's callback, wait_for's, then the task), each
+    an iteration of a busy loop on every acknowledgement."""
+    if fut.done():
+        return fut.result()
+
+    def expire() -> None:
+        if not fut.done():
+            fut.set_exception(timed_out(what))
+
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
 
 
 # ReadIndex contexts, unique within the process (the core keys pending reads by context).
