@@ -230,7 +230,7 @@ class AdminClient:
         retried up to ``timeout_s`` (default: operation_timeout_ms). ``linearizable``: the
         leader first confirms its leadership with a majority (ReadIndex) and answers once it
         has applied everything committed before the call, so the high watermark covers every
-        append acknowledged before this call began (one more round trip to its followers)."""
+        acks=all append acknowledged before this call began (one more round trip to its followers)."""
         deadline = self._deadline()
         if timeout_s is not None:
             deadline = min(deadline, now_s() + timeout_s)

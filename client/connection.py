@@ -310,13 +310,18 @@ class Connection:
             except ReplogError as error:
                 if not error.retriable or now_s() >= deadline:
                     raise
-                await self.on_retriable_error(error, topics, key)
+                await self.on_retriable_error(error, topics, key, deadline=deadline)
             pause = backoff_s(attempt, self.retry_backoff_ms, self.retry_backoff_max_ms)
             attempt += 1
             await asyncio.sleep(max(0.0, min(pause, deadline - now_s())))
 
     async def on_retriable_error(
-        self, error: ReplogError, topics: Sequence[str] = (), key: tuple[str, int] | None = None
+        self,
+        error: ReplogError,
+        topics: Sequence[str] = (),
+        key: tuple[str, int] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> None:
         """Learn from a retriable error: follow a leader hint or refresh metadata. Without a
         hint the refresh asks the *next* broker: the one asked last named a leader that does not
@@ -334,19 +339,26 @@ class Connection:
             self._any_index += 1
         if error.refresh_metadata:
             try:
-                await self.refresh_metadata(topics)
+                await self.refresh_metadata(topics, deadline=deadline)
             except ReplogError:
                 pass  # the retry itself will report the broker's state
 
     # ------------------------------------------------------------------ metadata cache
 
-    async def refresh_metadata(self, topics: Sequence[str] = ()) -> pb.MetadataResponse:
-        """Fetch metadata from any broker (tries each known address once) and cache it."""
+    async def refresh_metadata(
+        self, topics: Sequence[str] = (), *, deadline: float | None = None
+    ) -> pb.MetadataResponse:
+        """Fetch metadata from any broker (tries each known address once) and cache it. With
+        ``deadline`` (``now_s()`` seconds) no call outlives it: a broker that hangs (paused,
+        cut off) costs at most the caller's remaining time, not a whole request timeout."""
         errors: list[ReplogError] = []
         for _ in range(len(self._any_addresses())):
+            timeout_s = None
+            if deadline is not None:
+                timeout_s = max(0.001, min(self.request_timeout_s, deadline - now_s()))
             try:
                 response: pb.MetadataResponse = await self.call(
-                    "Metadata", pb.MetadataRequest(topics=list(topics))
+                    "Metadata", pb.MetadataRequest(topics=list(topics)), timeout_s=timeout_s
                 )
             except BrokerUnavailable as error:
                 errors.append(error)

@@ -552,7 +552,12 @@ class Producer:
                 if isinstance(error, ProducerFenced):
                     self._on_fenced(state, batch, sent_as, error)
                 elif error.retriable:
-                    await self._conn.on_retriable_error(error, [state.key[0]], key=state.key)
+                    await self._conn.on_retriable_error(
+                        error,
+                        [state.key[0]],
+                        key=state.key,
+                        deadline=batch.created_s + self._delivery_s,
+                    )
                 else:
                     self._fail(batch, error)
             else:
@@ -643,7 +648,9 @@ class Producer:
                 ):
                     self._fail(batch, error)
                     return
-                await self._conn.on_retriable_error(error, [topic], key=state.key)
+                await self._conn.on_retriable_error(
+                    error, [topic], key=state.key, deadline=deadline_loop
+                )
                 pause = backoff_s(
                     batch.attempts, self.config.retry_backoff_ms, self.config.retry_backoff_max_ms
                 )

@@ -54,8 +54,12 @@ class Executor(Protocol):
     ) -> None:
         """Like ``submit``, but the outcome goes straight to ``then(result, error)`` on the
         event loop, with no future in between (a future's callbacks run one loop iteration
-        after it resolves: on the fsync path that hop sat in every replication round). A job
-        that can no longer run (shutdown) reports ``asyncio.CancelledError`` as its error."""
+        after it resolves: on the fsync path that hop sat in every replication round). Outcomes
+        of one lane's ``submit_then`` jobs arrive in submission order; a ``submit`` job's awaiter
+        may resume an iteration after a later ``submit_then`` callback of the same lane. After
+        ``shutdown`` nothing more is reported (stop the users first, as the broker does); the
+        test and simulation executors report a job cancelled at shutdown as
+        ``asyncio.CancelledError``."""
         ...
 
     def shutdown(self) -> None: ...
@@ -132,7 +136,8 @@ class ThreadExecutor:
     between every two fsyncs of the group (about 6 % of R3 throughput). A worker runs at most
     ``burst`` jobs of one lane in a row before it goes to the back of the pool's queue, so busy
     lanes cannot starve the others. Lanes cost nothing when idle, so one per Raft group is fine
-    for thousands of groups. Completions are delivered on the loop in each lane's order."""
+    for thousands of groups. Completions are handed to the loop in each lane's order (see
+    ``submit_then``)."""
 
     def __init__(self, max_workers: int = 8, burst: int = 8) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="replog-io")

@@ -217,10 +217,15 @@ class PartitionReplica:
             return
 
         def outcome(index: int) -> ProduceResult:
-            base, last = self._leader_offsets.pop(index)
+            base, last = self._leader_offsets[index]
             return ProduceResult(base, last, self.state.log_start_offset, False)
 
         self._leader_waiters.resolve_through(last_index, outcome)
+        # Every waiter through last_index is gone now, answered or not (a caller that timed
+        # out or went away left its waiter done, and resolve_through skips those): drop their
+        # offsets too, or they would stay until the next step-down.
+        for index in [i for i in self._leader_offsets if i <= last_index]:
+            del self._leader_offsets[index]
 
     def _wake_fetchers(self, high_watermark: int | None) -> None:
         """Wakes the fetches waiting below ``high_watermark`` (all of them if None)."""
@@ -383,7 +388,7 @@ class PartitionReplica:
     async def read_barrier(self, timeout_s: float) -> None:
         """Linearizable read barrier (ReadIndex, Raft thesis §6.4). Afterwards this replica is
         a leader that a majority confirmed *after* the call began, and it has applied every
-        entry committed before then, so its high watermark covers every append acknowledged
+        entry committed before then, so its high watermark covers every acks=all append acknowledged
         before the call. A deposed leader that has not noticed yet cannot pass: the majority
         answers with a higher term (it steps down: NOT_LEADER) or not at all (REQUEST_TIMED_OUT,
         retriable). Costs one heartbeat round to the followers (it wakes a quiesced group)."""
@@ -551,15 +556,9 @@ class PartitionReplica:
                 continue
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._fetch_waiters.append((offset, fut))
-            try:
-                await asyncio.wait_for(fut, max_wait_s)
-            except TimeoutError:
-                if not follow:
-                    yield result
-                    return
-            finally:
-                if not fut.done():
-                    fut.cancel()
+            if not await _woken_within(fut, max_wait_s) and not follow:
+                yield result
+                return
             if self.stopped is not None:
                 raise self._not_leader()
 
@@ -567,13 +566,7 @@ class PartitionReplica:
         """Waits until the next apply (or leadership change), at most ``max_wait_s``."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._fetch_waiters.append((-1, fut))
-        try:
-            await asyncio.wait_for(fut, max_wait_s)
-        except TimeoutError:
-            pass
-        finally:
-            if not fut.done():
-                fut.cancel()
+        await _woken_within(fut, max_wait_s)
 
     # ------------------------------------------------------------------ retention
     async def maybe_apply_retention(self) -> int | None:
@@ -695,6 +688,27 @@ async def answer_within(
         return await fut
     finally:
         timer.cancel()
+
+
+async def _woken_within(fut: asyncio.Future[None], timeout_s: float) -> bool:
+    """Waits for a fetch waiter (``_wake_fetchers`` resolves it); False if ``timeout_s``
+    passed first. The timer resolves the waiter itself, so a wake-up reaches the fetch one loop
+    iteration after the apply that caused it (``wait_for`` took two); a resolved waiter is
+    dropped from the list at the next wake-up, as a cancelled one was."""
+    timed_out = False
+
+    def expire() -> None:
+        nonlocal timed_out
+        if not fut.done():
+            timed_out = True
+            fut.set_result(None)
+
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        await fut
+    finally:
+        timer.cancel()
+    return not timed_out
 
 
 # ReadIndex contexts, unique within the process (the core keys pending reads by context).

@@ -221,15 +221,18 @@ class ReplogService(pb_grpc.ReplogServicer):
         for a in t.assignments:
             leader, term = a.leader, a.leader_term
             local = self.b.partitions.get(a.group_id)
-            if local is not None and local.term >= term:
-                if local.leader_id:
+            # The core's term, not the replica's last soft-state term: a restarted replica
+            # knows its term from disk before it hears of any leader.
+            local_term = local.node.term if local is not None else 0
+            if local is not None and local_term >= term:
+                if local.leader_id and local.term >= term:
                     leader, term = local.leader_id, local.term  # fresher than the last report
-                elif local.term > term or leader == self.b.node_id:
+                elif local_term > term or leader == self.b.node_id:
                     # This replica knows the reported leader is stale (a newer term, or it was
                     # that leader and no longer is) but not who leads now: say "unknown" so the
                     # client asks elsewhere, rather than name a leader that would answer
                     # NOT_LEADER without a hint (a broker cut off from its peers did, forever).
-                    leader, term = 0, local.term
+                    leader, term = 0, local_term
             parts.append(
                 pb.PartitionMetadata(
                     partition=a.partition,

@@ -118,3 +118,28 @@ def test_a_leader_without_a_hint_makes_the_refresh_ask_another_broker() -> None:
     assert got == "b2:1"
     assert tries == 2, (tries, calls)  # one NOT_LEADER, then the refresh asked b2
     assert calls == [1, 2]
+
+
+def test_a_metadata_refresh_never_outlives_the_callers_deadline() -> None:
+    """A refresh triggered by a retriable error asks with the operation's remaining time, not
+    a whole request timeout (30 s by default): a paused broker it rotated to would otherwise
+    hold a produce far past its delivery deadline (fresh-eye review)."""
+    from client.errors import LeaderNotAvailable
+
+    timeouts: list[float] = []
+
+    class Recording(OneBroker):
+        async def Metadata(self, request: pb.MetadataRequest, timeout: Any = None) -> Any:
+            timeouts.append(timeout)
+            return await super().Metadata(request, timeout)
+
+    async def scenario() -> None:
+        conn = Connection("b1:1", stub_factory=lambda a: Recording(), request_timeout_s=30.0)
+        loop = asyncio.get_running_loop()
+        await conn.on_retriable_error(
+            LeaderNotAvailable("election"), ["t"], ("t", 0), deadline=loop.time() + 0.5
+        )
+        await conn.refresh_metadata(["t"])  # no deadline: the request timeout
+
+    asyncio.run(scenario())
+    assert len(timeouts) == 2 and 0 < timeouts[0] <= 0.5 and timeouts[1] == 30.0, timeouts

@@ -285,3 +285,31 @@ def test_fetch_reads_old_segments_in_the_executor_and_memory_on_the_loop() -> No
         g.log.close()
 
     run(main())
+
+
+def test_an_acks_leader_produce_that_timed_out_leaves_no_offsets_behind() -> None:
+    """A caller that timed out leaves its waiter done; once the entry is durable on the leader
+    its offsets must go too (they stayed until the next step-down; fresh-eye review)."""
+
+    async def main() -> None:
+        g = Group(CountingFS(), PartitionConfig())
+        g.elect()
+        with pytest.raises(BrokerError) as info:
+            await g.replica.produce(make_batch(1), acks_leader=True, timeout_s=0.001)
+        assert info.value.code == "REQUEST_TIMED_OUT"
+        assert len(g.replica._leader_offsets) == 1  # proposed, not yet durable
+        g.drive()
+        g.replica.on_persisted(g.log.last_index())
+        assert g.replica._leader_offsets == {}
+        # and a live acks=leader produce is still answered with its offsets
+        task = asyncio.ensure_future(
+            g.replica.produce(make_batch(2), acks_leader=True, timeout_s=5)
+        )
+        await asyncio.sleep(0)
+        g.drive()
+        g.replica.on_persisted(g.log.last_index())
+        result = await task
+        assert (result.last_offset - result.base_offset, result.duplicate) == (1, False)
+        assert g.replica._leader_offsets == {}
+
+    run(main())
