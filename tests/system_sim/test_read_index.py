@@ -183,3 +183,33 @@ def test_the_simulation_catches_reads_served_without_read_index() -> None:
             if found:
                 break
     assert found, "eight seeds without ReadIndex and no stale linearizable read reported"
+
+
+def test_without_read_index_a_leader_only_read_goes_stale_and_with_it_does_not() -> None:
+    """ReadIndex itself, not "leaders only", is what makes the read linearizable. With
+    CheckQuorum off (so nothing else bounds how long a deposed leader keeps believing it
+    leads) and reads still served only by a replica that thinks it is leader: without the
+    ReadIndex round the simulation reports a stale linearizable read within a few seeds
+    (seed 20002 at the time of writing); with it, the same seeds report nothing."""
+    from server.partition_replica import PartitionReplica
+    from tests.system_sim.putback import RaftOptions, swap
+    from tests.system_sim.runner import run_seed
+
+    async def no_barrier(self: PartitionReplica, timeout_s: float) -> None:
+        return None
+
+    def stale(seed: int) -> list[str]:
+        result = run_seed(seed, 3)
+        return [v for v in result.violations if v.startswith("[linearizable_offsets]")]
+
+    seeds = range(20000, 20006)
+    found: list[str] = []
+    with RaftOptions(check_quorum=False).context():
+        with swap(PartitionReplica, "read_barrier", no_barrier):
+            for seed in seeds:
+                found = stale(seed)
+                if found:
+                    break
+        assert found, "no stale read without ReadIndex: the control cannot go red"
+        caught_at = seed
+        assert stale(caught_at) == [], "the same seed with ReadIndex reported a stale read"
