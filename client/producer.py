@@ -464,19 +464,14 @@ class Producer:
             state.taken = None
 
     async def _wait(self, state: _Partition, timeout_s: float | None = None) -> None:
-        """Until the partition's wakeup is set, or ``timeout_s`` (the linger) passes. The timer
-        sets the wakeup itself (the sender re-checks everything after any wake-up), so the end
-        of a linger costs one loop iteration; ``wait_for`` would wrap the wait in a task and
-        take three, on every batch."""
         state.wakeup.clear()
         if timeout_s is None:
             await state.wakeup.wait()
             return
-        timer = asyncio.get_running_loop().call_later(timeout_s, state.wakeup.set)
         try:
-            await state.wakeup.wait()
-        finally:
-            timer.cancel()
+            await asyncio.wait_for(state.wakeup.wait(), timeout_s)
+        except TimeoutError:
+            pass
 
     def _take(
         self, state: _Partition, loop: asyncio.AbstractEventLoop
