@@ -191,19 +191,21 @@ def _patch_4(stack: contextlib.ExitStack) -> None:
         group: Group,
         number: int,
         last: int,
-        job: asyncio.Future[None],
+        error: BaseException | None,
         behind: list[int] | None = None,
     ) -> None:
+        # (The runtime hands the job's outcome over as ``error`` since 99008a3; the defect is
+        # about what a failed shared job does, not how its outcome arrives.)
         group.jobs_in_flight -= 1
-        error = None if job.cancelled() else job.exception()
-        if error is not None:
+        cancelled = isinstance(error, asyncio.CancelledError)
+        if error is not None and not cancelled:
             covered = [g for g in self.groups.values() if g.jobs_in_flight > 0 or g is group]
             for g in covered:
                 self._fail(g, error)
             return
         if group.failed is not None or group.removed:
             return
-        if job.cancelled():
+        if cancelled:
             self._fail(group, RuntimeError("persistence job cancelled"))
             return
         try:

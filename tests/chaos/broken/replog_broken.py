@@ -61,8 +61,21 @@ def read_without_readindex(module: ModuleType) -> None:
     reads are gone. Produce (``ensure_leader``), retention and the replica digest are
     unchanged. A deposed leader that has not noticed yet, or one cut off from its followers,
     keeps serving its high watermark and records to the clients that still think it leads:
-    reads miss records acknowledged elsewhere before they began (stale reads)."""
+    reads miss records acknowledged elsewhere before they began (stale reads).
+
+    Its metadata is also as it was before ``57c73ea``: a broker names the last reported
+    leader of a partition even when its own replica knows that leader is stale (since then
+    it says "unknown", so clients ask another broker and never reach the stale replica).
+    Without this a client would find the real leader and the variant would answer no stale
+    read: the two fixes together are what this control takes away."""
     replica = module.PartitionReplica
+    original_init = replica.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        _name_stale_leaders()
+
+    replica.__init__ = init
 
     async def read_barrier(self: Any, timeout_s: float) -> None:
         if self.stopped is not None:
@@ -76,6 +89,25 @@ def read_without_readindex(module: ModuleType) -> None:
     ensure_readable.__doc__ = read_without_readindex.__doc__
     replica.read_barrier = read_barrier
     replica.ensure_readable = ensure_readable
+
+
+def _name_stale_leaders() -> None:
+    """``ReplogService._topic_msg`` names the assignment's last reported leader wherever it
+    now answers "unknown" (once per process; the service module is loaded by then)."""
+    service = sys.modules.get("server.service")
+    if service is None or getattr(service, "BROKEN_METADATA", False):
+        return
+    original = service.ReplogService._topic_msg
+
+    def _topic_msg(self: Any, t: Any) -> Any:
+        msg = original(self, t)
+        for part, a in zip(msg.partitions, t.assignments, strict=True):
+            if part.leader == 0 and a.leader:
+                part.leader, part.leader_term = a.leader, a.leader_term
+        return msg
+
+    service.ReplogService._topic_msg = _topic_msg
+    service.BROKEN_METADATA = True
 
 
 # name -> (the module it patches, the patch, called with that module once it is executed)
