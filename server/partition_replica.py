@@ -92,6 +92,7 @@ from server.checkpoint import CheckpointStore
 from server.env import Executor
 from server.errors import BrokerError, not_leader, timed_out
 from server.proposals import ProposalWaiters
+from server.waits import answer_within, woken_within
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,7 +557,7 @@ class PartitionReplica:
                 continue
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._fetch_waiters.append((offset, fut))
-            if not await _woken_within(fut, max_wait_s) and not follow:
+            if not await woken_within(fut, max_wait_s) and not follow:
                 yield result
                 return
             if self.stopped is not None:
@@ -566,7 +567,7 @@ class PartitionReplica:
         """Waits until the next apply (or leadership change), at most ``max_wait_s``."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._fetch_waiters.append((-1, fut))
-        await _woken_within(fut, max_wait_s)
+        await woken_within(fut, max_wait_s)
 
     # ------------------------------------------------------------------ retention
     async def maybe_apply_retention(self) -> int | None:
@@ -666,49 +667,6 @@ class PartitionReplica:
         return Snapshot(
             SnapshotMetadata(index, self.log.term(index), conf), replay.snapshot(log_start)
         )
-
-
-async def answer_within(
-    fut: asyncio.Future[ProduceResult], timeout_s: float, what: str
-) -> ProduceResult:
-    """The answer of a produce waiter, or REQUEST_TIMED_OUT after ``timeout_s``. Awaits the
-    waiter itself (each caller has its own; ProposalWaiters never resolves one twice), with a
-    timer that fails it: the task resumes one loop iteration after apply resolves it, where
-    ``wait_for(shield(fut))`` took three (shield's callback, wait_for's, then the task), each
-    an iteration of a busy loop on every acknowledgement."""
-    if fut.done():
-        return fut.result()
-
-    def expire() -> None:
-        if not fut.done():
-            fut.set_exception(timed_out(what))
-
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
-    try:
-        return await fut
-    finally:
-        timer.cancel()
-
-
-async def _woken_within(fut: asyncio.Future[None], timeout_s: float) -> bool:
-    """Waits for a fetch waiter (``_wake_fetchers`` resolves it); False if ``timeout_s``
-    passed first. The timer resolves the waiter itself, so a wake-up reaches the fetch one loop
-    iteration after the apply that caused it (``wait_for`` took two); a resolved waiter is
-    dropped from the list at the next wake-up, as a cancelled one was."""
-    timed_out = False
-
-    def expire() -> None:
-        nonlocal timed_out
-        if not fut.done():
-            timed_out = True
-            fut.set_result(None)
-
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
-    try:
-        await fut
-    finally:
-        timer.cancel()
-    return not timed_out
 
 
 # ReadIndex contexts, unique within the process (the core keys pending reads by context).

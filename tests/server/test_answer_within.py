@@ -1,4 +1,4 @@
-"""``answer_within`` (server/partition_replica.py): a produce waiter's answer, or
+"""``answer_within`` (server/waits.py): a produce waiter's answer, or
 REQUEST_TIMED_OUT, with the task resuming one loop iteration after the waiter resolves."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import asyncio
 import pytest
 
 from server.errors import BrokerError
-from server.partition_replica import ProduceResult, answer_within
+from server.partition_replica import ProduceResult
 from server.proposals import ProposalWaiters
+from server.waits import answer_within
 
 RESULT = ProduceResult(5, 7, 0, False)
 
