@@ -43,6 +43,17 @@ def _csv(known: tuple[str, ...] | list[str], what: str):  # type: ignore[no-unty
     return parse
 
 
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override passed to every node (repeatable)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="replog chaos",
@@ -71,14 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rate", type=float, default=500.0, help="operations per second, in total")
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--out", type=Path, default=None, help="output folder (default chaos-SEED)")
-    r.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override passed to every node (repeatable)",
-    )
+    _add_set(r)
     r.add_argument(
         "--bootstrap",
         default=None,
@@ -108,14 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--nodes", type=int, default=5)
     pr.add_argument("--dcs", type=int, default=3, help="DCs, round-robin")
     pr.add_argument("--dir", type=Path, required=True, help="an empty (or new) folder")
-    pr.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override passed to every node (repeatable)",
-    )
+    _add_set(pr)
     pr.add_argument(
         "--lazyfs",
         action="store_true",
