@@ -43,9 +43,13 @@ returns, and nothing before.
   ``sync()`` writes the snapshot file durably *first*, and only then removes the old segments
   (so a crash never leaves neither the old entries nor the snapshot). New segments created
   meanwhile are fsynced after the snapshot in that same sync.
-- A suffix truncation cuts the segment (ftruncate) and starts a new segment for the new
-  entries, so new frames never overwrite old ones in place: after a power loss, either the
-  cut is durable or the new segment (never acknowledged) is dropped at recovery.
+- A suffix truncation seals the segment it cuts and starts a new segment for the new entries,
+  so new frames never overwrite old ones in place. When the cut removes entries a sync's ack
+  mark covered, the segment's mark is lowered at once but its file is cut (ftruncate) only by
+  the next sync, after an fdatasync made the lowered mark durable, and before any segment's
+  mark is raised: a power loss can make a shorter size durable before the page holding the
+  mark (seed 2083). Until then recovery finds the old frames past the lowered mark and the
+  new segment starting inside them, and drops those frames (``_truncation_not_cut``).
 - A roll to a new segment: the old one is fdatasynced by the next sync, with the new one.
 - ``fsync="never"``: no fsync at all. Term, vote and snapshots are still *written* (temp +
   rename, no fsync) inside the call that records them (``save_hard_state``,
@@ -69,7 +73,10 @@ snapshot are removed (an interrupted compaction or snapshot install); every segm
 tail, cut and logged ``torn_tail_truncated``. At or before the mark it is
 ``StorageCorruption``. A segment that does not continue the log before it (gap, overlap, term)
 is dropped (``unacknowledged_segment_dropped``) if nothing in it was ever acknowledged (it was
-created by a write no sync completed), else ``StorageCorruption``. Then the log is reconciled
+created by a write no sync completed), or if it follows a gap and its mark's durable part
+does not reach it (a sync covering it would have covered the missing entries before it: the
+sync that raised its mark was interrupted), else ``StorageCorruption``. A segment starting
+inside the previous one past that one's ack mark is a truncation not yet cut (above). Then the log is reconciled
 with the snapshot: a snapshot beyond the log, or one whose (index, term) does not match the
 log, resets the log to start after it (thesis §5.3: entries after a matching snapshot point are
 kept). See docs/storage.md for why the ack-mark rule is sound.
@@ -171,7 +178,9 @@ class DurableLog:
         self._segments: SortedDict[int, Segment] = SortedDict()
         self._dirty: dict[int, Segment] = {}  # segments with data not yet fdatasynced
         self._dir_dirty = False  # directory entries created/removed since the last sync
-        self._roll_next = False  # after a suffix cut, new entries start a new segment
+        # Segments a suffix truncation cut in memory whose files are still to be cut; sync()
+        # makes each one's lowered ack mark durable first (Segment.truncate_from).
+        self._pending_cuts: dict[int, tuple[Segment, int]] = {}
         self._lru: OrderedDict[int, Segment] = OrderedDict()  # read-only segments kept open
         self._pending_snapshot: Snapshot | None = None  # to write durably in the next sync
         self._snapshot_written_index = -1  # newest snapshot index written to the file
@@ -262,6 +271,17 @@ class DurableLog:
                 drops.append((path, "torn_tail_truncated", problem.detail))
                 continue
             reason = self._discontinuity(previous, segment) if previous is not None else None
+            if reason is not None and self._truncation_not_cut(previous, segment):
+                # A suffix truncation whose file cut is still to be done (a sync makes it
+                # after the lowered mark is durable): the old frames past the previous
+                # segment's mark were never acknowledged, and this segment holds what
+                # replaced them. After a process crash the page cache has it all.
+                assert previous is not None
+                offset = previous.forget_from(segment.first_index)
+                cuts = [(seg, prob) for seg, prob in cuts if seg is not previous]
+                replaced = ScanProblem(offset, segment.first_index, "replaced", None)
+                cuts.append((previous, replaced))
+                reason = None
             if reason is not None and covered_from(segment):
                 # Everything before it is covered by the snapshot: leftovers of a snapshot
                 # install or compaction that a crash interrupted before removing them.
@@ -271,10 +291,22 @@ class DurableLog:
                 kept = []
                 reason = None
             if reason is not None:
+                assert previous is not None
                 if segment.mark < segment.first_index:
                     drops.append((path, "unacknowledged_segment_dropped", reason))
                     continue
-                raise StorageCorruption(str(path), 0, reason)
+                elif (
+                    segment.first_index > previous.last_index + 1
+                    and segment.durable_mark < segment.first_index
+                ):
+                    # Entries before it are missing (a torn tail was cut, or a segment never
+                    # reached the disk), so no sync that covered this segment completed: any
+                    # completed sync covering it covered them too. Its mark was raised by a
+                    # sync a power loss interrupted.
+                    drops.append((path, "unacknowledged_segment_dropped", reason))
+                    continue
+                else:
+                    raise StorageCorruption(str(path), 0, reason)
             if problem is not None:
                 if problem.index <= segment.durable_mark:
                     raise StorageCorruption(str(path), problem.byte_offset, self._why(problem))
@@ -304,6 +336,18 @@ class DurableLog:
             self._segments[segment.first_index] = segment
         if kept:
             kept[-1].ensure_open()
+
+    @staticmethod
+    def _truncation_not_cut(previous: Segment | None, segment: Segment) -> bool:
+        """Whether ``segment`` starts inside ``previous`` past its ack mark and continues the
+        entries before that point: the trace of a truncation not yet cut (truncate_from)."""
+        first = segment.first_index
+        return (
+            previous is not None
+            and previous.first_index < first <= previous.last_index
+            and previous.mark < first
+            and previous.term_at(first - 1) == segment.prev_term
+        )
 
     @staticmethod
     def _discontinuity(previous: Segment, segment: Segment) -> str | None:
@@ -638,28 +682,16 @@ class DurableLog:
         while the loop keeps appending). Raises ``StorageFailed`` (and fails the log) if any
         write or sync fails: then nothing of it may be reported durable."""
         with self._sync_lock:
-            with self._lock:
-                self._check_usable()
-                to_sync = list(self._dirty.values())
-                self._dirty.clear()
-                dir_dirty = self._dir_dirty
-                self._dir_dirty = False
-                fds: list[int] = []
-                marked: list[tuple[Segment, int]] = []
-                try:
-                    if self._fsync:
-                        for segment in to_sync:
-                            # The ack mark first: once this sync returns, the mark on disk is
-                            # >= every index of the segment it covers (segment docstring).
-                            segment.write_mark(segment.last_index)
-                            marked.append((segment, segment.last_index))
-                            fds.append(self._fs.dup(segment.fd))
-                    for segment in to_sync:
-                        self._retire_locked(segment)
-                except OSError as exc:
-                    for fd in fds:
-                        self._fs.close(fd)
-                    raise self._fail("sync", exc) from exc
+            while True:
+                with self._lock:
+                    self._check_usable()
+                    cuts = self._take_pending_cuts_locked()
+                    if not cuts:
+                        dir_dirty, fds, marked = self._begin_sync_locked()
+                        break
+                # Outside the lock: the loop may truncate again meanwhile, and the next round
+                # takes that cut too. No segment's ack mark is raised until no cut is pending.
+                self._complete_cuts(cuts)
             try:
                 self._flush_snapshot_and_unlinks()
                 # Directory entries before segment data: a segment removed by a suffix
@@ -675,19 +707,23 @@ class DurableLog:
                         self._fsyncs_performed += 1
                     # A rolled segment gets no more data, so no later sync would raise its
                     # mark's durable part: seal it now (one more fdatasync per segment roll),
-                    # so damage anywhere in a rolled segment is always loud.
-                    with self._lock:
-                        active = self._segments.peekitem(-1)[1] if self._segments else None
+                    # so damage anywhere in a rolled segment is always loud. Under the lock: a
+                    # truncation since this sync's marks were written lowered the mark, and
+                    # this stale one must not overwrite it (Segment.truncate_from).
                     for (segment, acked_through), fd in zip(marked, fds):
-                        if segment is not active:
+                        with self._lock:
+                            if self._is_active(segment) or segment.mark != acked_through:
+                                continue
                             pwrite_all(
                                 self._fs,
                                 fd,
                                 encode_mark(acked_through, acked_through),
                                 MARK_OFFSET,
                             )
-                            self._fs.fdatasync(fd)
-                            segment.mark_on_disk_durable = acked_through
+                        self._fs.fdatasync(fd)
+                        with self._lock:
+                            if segment.mark == acked_through:
+                                segment.mark_on_disk_durable = acked_through
                 with self._lock:
                     for segment, acked_through in marked:
                         segment.on_synced(acked_through)
@@ -696,6 +732,62 @@ class DurableLog:
                     self._fs.close(fd)
             self._flush_state()
             self._maybe_flush_commit(force=False)
+
+    def _take_pending_cuts_locked(self) -> list[tuple[Segment, int, int]]:
+        """(segment, dup'ed fd, offset) of every file cut a suffix truncation left pending."""
+        cuts: list[tuple[Segment, int, int]] = []
+        try:
+            for segment, offset in self._pending_cuts.values():
+                cuts.append((segment, self._fs.dup(segment.ensure_open()), offset))
+        except OSError as exc:
+            for _, fd, _ in cuts:
+                self._fs.close(fd)
+            raise self._fail("sync", exc) from exc
+        self._pending_cuts.clear()
+        return cuts
+
+    def _complete_cuts(self, cuts: list[tuple[Segment, int, int]]) -> None:
+        """Cut the files of truncated segments, each only after its lowered ack mark is
+        durable (Segment.truncate_from says why). Segments the truncation removed go first:
+        they must be durably gone before a cut of the segment before them can be durable, or
+        a power loss could leave an acknowledged segment behind a gap."""
+        try:
+            self._fsync_dir("sync")
+            with self._io("sync"):
+                for _, fd, offset in cuts:
+                    self._fs.fdatasync(fd)
+                    self._fsyncs_performed += 1
+                    self._fs.ftruncate(fd, offset)
+        finally:
+            for _, fd, _ in cuts:
+                self._fs.close(fd)
+        for segment, _, offset in cuts:
+            self._log("truncated_segment_cut", path=str(segment.path), offset=offset)
+
+    def _begin_sync_locked(self) -> tuple[bool, list[int], list[tuple[Segment, int]]]:
+        """Take the dirty segments and write their ack marks (buffered): (whether the
+        directory is dirty, a dup'ed fd per segment to fdatasync, (segment, mark) each)."""
+        to_sync = list(self._dirty.values())
+        self._dirty.clear()
+        dir_dirty = self._dir_dirty
+        self._dir_dirty = False
+        fds: list[int] = []
+        marked: list[tuple[Segment, int]] = []
+        try:
+            if self._fsync:
+                for segment in to_sync:
+                    # The ack mark first: once this sync returns, the mark on disk is
+                    # >= every index of the segment it covers (segment docstring).
+                    segment.write_mark(segment.last_index)
+                    marked.append((segment, segment.last_index))
+                    fds.append(self._fs.dup(segment.fd))
+            for segment in to_sync:
+                self._retire_locked(segment)
+        except OSError as exc:
+            for fd in fds:
+                self._fs.close(fd)
+            raise self._fail("sync", exc) from exc
+        return dir_dirty, fds, marked
 
     def close(self) -> None:
         """Sync, write a pending commit, close files. Idempotent."""
@@ -805,6 +897,7 @@ class DurableLog:
 
     def _drop_segment_locked(self, segment: Segment, *, unlink: bool) -> None:
         self._dirty.pop(segment.first_index, None)
+        self._pending_cuts.pop(segment.first_index, None)
         self._lru.pop(segment.first_index, None)
         if unlink:
             segment.remove()
@@ -828,9 +921,9 @@ class DurableLog:
         return self._segment_for(index).term_at(index)
 
     def _truncate_suffix_locked(self, start: int) -> None:
-        """Buffered. New entries go to a new segment (``_roll_next``), never over old frames
-        in place: after a power loss either the cut is durable or the new segment was never
-        acknowledged and recovery drops it (module docstring)."""
+        """Buffered. New entries go to a new segment (the cut one is sealed), never over old
+        frames in place; the file itself is cut by the next sync, after the lowered ack mark
+        is durable (module docstring, "suffix truncation")."""
         if self._segments:
             head = self._segments.peekitem(0)[1]
             self._base_index, self._base_term = head.first_index - 1, head.prev_term
@@ -843,9 +936,10 @@ class DurableLog:
             tail = self._segments.peekitem(-1)[1]
             if tail.last_index >= start:
                 tail.ensure_open()
-                tail.truncate_from(start)
+                cut_at = tail.truncate_from(start, cut_file=not self._fsync)
+                if cut_at is not None:
+                    self._pending_cuts[tail.first_index] = (tail, cut_at)
                 self._dirty[tail.first_index] = tail
-                self._roll_next = True
         if removed:
             self._dir_dirty = True
         if start < self._cache_lo:
@@ -859,7 +953,7 @@ class DurableLog:
 
     def _write_locked(self, entries: Sequence[Entry]) -> None:
         segment = self._segments.peekitem(-1)[1] if self._segments else None
-        if segment is not None and self._roll_next:
+        if segment is not None and segment.sealed:
             self._roll_locked(segment)
             segment = None
         last_term = self._last_term_locked()
@@ -922,7 +1016,6 @@ class DurableLog:
         self._segments[first_index] = segment
         self._dirty[first_index] = segment
         self._dir_dirty = True
-        self._roll_next = False
         return segment
 
     def _compact_locked(self, index: int) -> int:
@@ -957,7 +1050,6 @@ class DurableLog:
         self._segments.clear()
         self._dirty.clear()
         self._lru.clear()
-        self._roll_next = False
         if removed and after_snapshot is None:
             self._dir_dirty = True
         self._base_index, self._base_term = index, term

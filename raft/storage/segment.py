@@ -154,6 +154,7 @@ class Segment:
         "path",
         "positions",
         "prev_term",
+        "sealed",
         "size_bytes",
         "terms",
     )
@@ -184,6 +185,7 @@ class Segment:
         # process knows; after a restart, what the mark on disk said).
         self.durable_mark = mark if durable_mark is None else durable_mark
         self.mark_on_disk_durable = self.durable_mark  # durable_through of the last mark written
+        self.sealed = False  # cut by a suffix truncation: no more appends (truncate_from)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -359,23 +361,47 @@ class Segment:
         self.terms.extend(terms)
         self.size_bytes = position
 
-    def truncate_from(self, index: int) -> None:
-        """Drop entries >= ``index`` (which must be within this segment, > first_index)."""
+    def truncate_from(self, index: int, *, cut_file: bool) -> int | None:
+        """Drop entries >= ``index`` (which must be within this segment, > first_index) and
+        seal the segment: it takes no more frames (new entries go to a new segment, never
+        over old frames in place). Returns the byte offset the caller is to cut the file at,
+        or None if it was cut here.
+
+        The mark is lowered at once (buffered). With ``cut_file``, or when no mark reached the
+        cut, the file is cut here too; else (``fsync="always"``) the caller cuts the file
+        (ftruncate) only after an fdatasync made the lowered mark durable. Cutting first would be unsafe: a power loss
+        can make the shorter size durable (a journal commit) while the page holding the mark
+        still has the old one, which then claims durable entries past the end of the file,
+        and the replica refuses to start (system simulation seed 2083). Until the cut, the
+        old frames past the new end stay in the file; they are not indexed, and recovery
+        drops them (nothing past the lowered mark was acknowledged) -- see durable_log."""
+        new_size = self.forget_from(index)
+        self.sealed = True
+        if self.mark >= index:
+            self.durable_mark = min(self.durable_mark, index - 1)
+            self.write_mark(index - 1)
+        elif not cut_file:
+            # No mark, on disk or buffered, reaches the cut: cutting at once is safe.
+            self.fs.ftruncate(self.fd, new_size)
+            return None
+        if cut_file:
+            self.fs.ftruncate(self.fd, new_size)
+            return None
+        return new_size
+
+    def forget_from(self, index: int) -> int:
+        """Drop entries >= ``index`` from the index only (the file is not touched); returns
+        the byte offset where entry ``index`` starts."""
         keep = index - self.first_index
         new_size = self.positions[keep]
-        self.fs.ftruncate(self.fd, new_size)
         del self.positions[keep:]
         del self.terms[keep:]
         self.size_bytes = new_size
-        if self.mark >= index:
-            # Lower the mark at once (buffered) so a power loss before the next sync is less
-            # likely to see new frames before a stale, higher mark (that would be reported as
-            # corruption: loud, never silent).
-            self.durable_mark = min(self.durable_mark, index - 1)
-            self.write_mark(index - 1)
+        return new_size
 
     def cut_at(self, offset: int) -> None:
-        """Recovery: drop the bytes from ``offset`` on (the scan already stopped there)."""
+        """Recovery: drop the bytes from ``offset`` on (the scan already stopped there, or a
+        later segment starts there)."""
         self.fs.ftruncate(self.fd, offset)
         self.size_bytes = offset
 
