@@ -1257,6 +1257,379 @@ class RaftOptions(Harness):
         return self._ctx()
 
 
+@dataclass
+class _VoteEpisode:
+    """One run of :class:`SplitVoteAcrossRestart`'s schedule on one group."""
+
+    group: int
+    leader: int  # X: leads the group at term0 when the episode starts
+    a: int  # the candidate whose vote request X receives first
+    c: int  # the candidate whose vote request X receives after its restart
+    term0: int
+    started: float
+    phase: str = "cut"  # cut -> learn -> grant -> down -> voted
+    phase_at: float = 0.0
+    term: int = 0  # the candidates' term (term0 + 1)
+    # vote requests to X held in the network: sender -> (message bytes, cluster id, version)
+    held: dict[int, tuple[bytes, str, int]] = field(default_factory=dict)
+    old_node: Any = None  # X's process that granted A's vote
+    vote_after_restart: int = -1  # X's vote in the group when C's request reaches it
+    second_leader: bool = False
+
+
+class SplitVoteAcrossRestart(Harness):
+    """A targeted schedule for #12 defect 3 (a vote grant that leaves before the vote is
+    durable). Every step is a fault a real network or machine can produce: messages of one
+    Raft group lost on some links, vote requests delayed in the network (and delivered to the
+    receiver's next process), one SIGKILL and a restart. Raft must stay safe under all of it:
+    no message is forged, changed or delivered twice.
+
+    Setup: the workload gains a topic ``quiet`` (1 partition, 3 replicas) that no client writes,
+    so its replicas' logs stay equal; its group ``g`` is the target. Brokers run with pre-vote
+    on and check-quorum off (``RaftOptions``) and without quiescence (``BrokerSettings``), so
+    a leader keeps its leadership and grants pre-votes while it hears from nobody, and a
+    stale leader learns a newer term from an append response. The schedule, once ``g`` has a
+    leader X with followers A and C whose logs match X's:
+
+    1. cut: X's messages of ``g`` to A and C are lost except vote responses, all of ``g``'s
+       messages between A and C are lost, and vote requests of ``g`` to X are held in the
+       network. A and C time out, win their pre-votes with X's pre-vote grant (X still leads
+       and, without check-quorum, grants pre-votes) and both become candidates at term T =
+       term0 + 1: a split vote only X could decide.
+    2. learn: X's messages to A flow again; A answers X's heartbeat of term0 with an append
+       response of term T, and X steps down to follower at T **without a vote** (the state in
+       which a grant is made at the voter's current term).
+    3. grant: once that term is durable on X, A's vote request (held so far) is delivered; X
+       grants it. X is SIGKILLed 20 µs after the grant reaches its transport (as
+       :class:`VoteCrash`); A becomes leader at T (its messages to X and C are lost from now).
+    4. down/voted: X restarts ``down_s`` later; the moment ``g`` is open on it, C's vote
+       request (held in the network since step 1) is delivered. With the grant held until
+       the vote is durable (the fix), X restarts with its vote for A and rejects C. With the
+       grant sent first (the defect), the kill came before the vote's fsync: X restarts at T
+       without a vote, grants C, and C becomes a second leader of term T
+       (``one_leader_per_term``).
+    5. ``settle_s`` later every message flows again (the held requests not delivered are lost).
+
+    A step whose precondition does not hold (e.g. A and C reach different terms, or C's
+    election timer fired again before X restarted) ends the episode with every message flowing
+    again; the next one starts ``gap_s`` later. ``counts`` records what happened (the steps
+    reached, and whether X came back at T with its vote for A (``vote kept``) or with none
+    (``vote forgotten``))."""
+
+    QUIET_TOPIC = "quiet"
+
+    def __init__(
+        self,
+        start_s: float = 0.5,
+        gap_s: float = 0.7,
+        down_s: float = 0.02,
+        settle_s: float = 0.3,
+        period_s: float = 0.002,
+        delay_s: float = 2e-5,
+    ) -> None:
+        self.start_s, self.gap_s, self.down_s = start_s, gap_s, down_s
+        self.settle_s, self.period_s, self.delay_s = settle_s, period_s, delay_s
+        self.ep: _VoteEpisode | None = None
+        self.counts: dict[str, int] = {}
+        self.clusters: list[Any] = []
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    # ------------------------------------------------------------------ the network's part
+
+    def _fate(self, ep: _VoteEpisode, src: int, dst: int, mtype: int) -> str:
+        """ "pass", "drop" or "hold" for one message of the target group, src -> dst."""
+        from raft.types import MessageType as MT
+
+        x, a, c = ep.leader, ep.a, ep.c
+        if {src, dst} == {a, c}:
+            return "drop"
+        if dst == x and mtype == MT.VOTE:
+            return "hold"
+        if src == x:
+            votes = (MT.PRE_VOTE_RESP, MT.VOTE_RESP)
+            if dst == a and ep.phase != "cut":
+                return "pass"
+            return "pass" if mtype in votes or ep.phase == "voted" else "drop"
+        if src == a and dst == x and ep.phase in ("grant", "down", "voted"):
+            return "drop"  # the new leader's appends: X must meet C's request first
+        return "pass"
+
+    @contextlib.contextmanager
+    def _ctx(self) -> Iterator[None]:
+        from tests.system_sim.cluster import SimCluster
+        from tests.system_sim.network import SimNetwork
+        from tests.system_sim.workload import TopicPlan, Workload
+        from wire import replog_pb2 as pb
+
+        harness = self
+        original_deliver = SimNetwork._deliver_batch
+        original_setup = Workload.setup
+        original_start = Workload.start
+        original_cluster_init = SimCluster.__init__
+
+        def cluster_init(self: SimCluster, *args: Any, **kwargs: Any) -> None:
+            original_cluster_init(self, *args, **kwargs)
+            harness.clusters.append(self)
+            harness.ep = None
+
+        def deliver(self: SimNetwork, node: Any, incarnation: int, data: bytes, link: Any) -> None:
+            ep = harness.ep
+            ends = {ep.leader, ep.a, ep.c} if ep is not None else set()
+            if ep is None or link.src not in ends or node.node_id not in ends:
+                original_deliver(self, node, incarnation, data, link)
+                return
+            batch = pb.RaftBatch.FromString(data)
+            keep = []
+            for m in batch.messages:
+                if m.group_id != ep.group:
+                    keep.append(m)
+                    continue
+                fate = harness._fate(ep, link.src, node.node_id, m.type)
+                if fate == "pass":
+                    keep.append(m)
+                    continue
+                harness._count(f"{fate}ped")
+                if fate == "hold":
+                    ep.held[link.src] = (
+                        m.SerializeToString(),
+                        batch.cluster_id,
+                        batch.protocol_version,
+                    )
+            if len(keep) == len(batch.messages):
+                original_deliver(self, node, incarnation, data, link)
+                return
+            out = pb.RaftBatch()
+            out.CopyFrom(batch)
+            del out.messages[:]
+            out.messages.extend(keep)
+            original_deliver(self, node, incarnation, out.SerializeToString(), link)
+
+        async def setup(self: Workload) -> None:
+            await original_setup(self)
+            # not in self.topics: no producer or consumer uses it
+            await self.create_topic(TopicPlan(harness.QUIET_TOPIC, 1, {}))
+
+        def start(self: Workload, fault_s: float) -> None:
+            original_start(self, fault_s)
+            task = asyncio.get_running_loop().create_task(
+                harness._control(self), name="split-vote-schedule"
+            )
+            self._tasks.append(task)
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(swap(SimCluster, "__init__", cluster_init))
+            stack.enter_context(swap(SimNetwork, "_deliver_batch", deliver))
+            stack.enter_context(swap(Workload, "setup", setup))
+            stack.enter_context(swap(Workload, "start", start))
+            yield
+
+    def context(self) -> contextlib.AbstractContextManager[Any]:
+        return self._ctx()
+
+    # ------------------------------------------------------------------ the process's part
+
+    def hook(self, node: BrokerNode) -> None:
+        from raft.types import MessageType
+
+        cluster = self.clusters[-1]
+        original = node.transport.enqueue
+        harness = self
+
+        def crash() -> None:
+            ep = harness.ep
+            slot = cluster.brokers[node.node_id]
+            if ep is None or slot.node is not node:
+                return
+            harness._count("killed after grant")
+            cluster.crash(node.node_id)
+
+            async def restart() -> None:
+                await asyncio.sleep(harness.down_s)
+                await cluster.restart(node.node_id)
+
+            asyncio.get_running_loop().create_task(restart(), name="split-vote-restart")
+
+        def enqueue(group_id: int, msg: Message) -> None:
+            original(group_id, msg)
+            ep = harness.ep
+            if (
+                ep is not None
+                and ep.phase == "grant"
+                and node.node_id == ep.leader
+                and group_id == ep.group
+                and msg.type == MessageType.VOTE_RESP
+                and msg.to == ep.a
+                and msg.term == ep.term
+                and not msg.reject
+            ):
+                ep.old_node = node
+                harness._set_phase(ep, "down", cluster.now())
+                asyncio.get_running_loop().call_later(harness.delay_s, crash)
+
+        node.transport.enqueue = enqueue  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------ the schedule
+
+    def _set_phase(self, ep: _VoteEpisode, phase: str, now: float) -> None:
+        ep.phase, ep.phase_at = phase, now
+        self._count(f"phase {phase}")
+
+    @staticmethod
+    def _raft(cluster: Any, node_id: int, group: int) -> Any:
+        slot = cluster.brokers.get(node_id)
+        node = slot.node if slot is not None else None
+        runtime = getattr(node, "runtime", None) if node is not None else None
+        g = runtime.groups.get(group) if runtime is not None else None
+        if g is None or g.failed is not None:
+            return None
+        return g.node.raft
+
+    def _quiet_group(self, cluster: Any) -> tuple[int, tuple[int, ...]] | None:
+        for node in cluster.nodes():
+            md = getattr(node, "metadata", None)
+            topic = md.state.topics.get(self.QUIET_TOPIC) if md is not None else None
+            if topic is not None and topic.assignments:
+                a = topic.assignments[0]
+                return a.group_id, a.replicas
+        return None
+
+    def _begin(self, cluster: Any, rng: random.Random, now: float) -> _VoteEpisode | None:
+        from raft.types import Role
+
+        found = self._quiet_group(cluster)
+        if found is None or len(found[1]) != 3:
+            return None
+        group, replicas = found
+        rafts = {i: self._raft(cluster, i, group) for i in replicas}
+        if any(r is None for r in rafts.values()):
+            return None
+        leaders = [i for i, r in rafts.items() if r.role is Role.LEADER]
+        if len(leaders) != 1:
+            return None
+        x = leaders[0]
+        lead = rafts[x]
+        last = lead.log.last_index()
+        if lead.log.committed != last:
+            return None
+        for i, r in rafts.items():
+            if r.term != lead.term or r.log.last_index() != last:
+                return None
+            if i != x and (r.role is not Role.FOLLOWER or r.leader_id != x):
+                return None
+        a, c = rng.sample([i for i in replicas if i != x], 2)
+        self._count("episodes")
+        return _VoteEpisode(group, x, a, c, lead.term, now, phase_at=now)
+
+    def _deliver_held(self, cluster: Any, ep: _VoteEpisode, src: int) -> bool:
+        from wire import replog_pb2 as pb
+
+        held = ep.held.pop(src, None)
+        target = cluster.net._nodes.get(ep.leader)
+        if held is None or target is None or not target.attached:
+            return False
+        raw, cluster_id, version = held
+        batch = pb.RaftBatch(
+            cluster_id=cluster_id, protocol_version=version, from_node=src, to_node=ep.leader
+        )
+        batch.messages.append(pb.RaftMessage.FromString(raw))
+        target.handlers.deliver_batch(batch)
+        return True
+
+    def _end(self, ep: _VoteEpisode, why: str, now: float) -> None:
+        self._count(f"end: {why}")
+        self.ep = None
+        self._next_try = now + self.gap_s
+
+    async def _control(self, wl: Any) -> None:
+        from tests.system_sim.cluster import derive_rng
+
+        cluster = wl.cluster
+        rng = derive_rng(cluster.seed, "split-vote")
+        loop = asyncio.get_running_loop()
+        self._next_try = loop.time() + self.start_s
+        try:
+            await self._schedule(cluster, rng, wl._stop)
+        finally:
+            self.ep = None  # every message flows again; what is still held is lost
+
+    async def _schedule(self, cluster: Any, rng: random.Random, stop: asyncio.Event) -> None:
+        from raft.types import Role
+
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            await asyncio.sleep(self.period_s)
+            now = loop.time()
+            ep = self.ep
+            if ep is None:
+                if now >= self._next_try:
+                    self.ep = self._begin(cluster, rng, now)
+                    if self.ep is None:
+                        self._next_try = now + 0.05
+                continue
+            x = self._raft(cluster, ep.leader, ep.group)
+            ra = self._raft(cluster, ep.a, ep.group)
+            rc = self._raft(cluster, ep.c, ep.group)
+            if ra is None or rc is None:
+                self._end(ep, "a candidate went away", now)
+                continue
+            if ep.phase == "cut":
+                if x is None or x.role is not Role.LEADER:
+                    self._end(ep, "X lost its leadership", now)
+                elif ra.term > ep.term0 + 1 or rc.term > ep.term0 + 1:
+                    self._end(ep, "A and C at different terms", now)
+                elif (
+                    ra.role is Role.CANDIDATE
+                    and rc.role is Role.CANDIDATE
+                    and ra.term == rc.term == ep.term0 + 1
+                ):
+                    ep.term = ep.term0 + 1
+                    self._set_phase(ep, "learn", now)
+                elif now - ep.phase_at > 2.0:
+                    self._end(ep, "no split vote", now)
+            elif ep.phase == "learn":
+                if x is None or ra.term != ep.term or rc.term != ep.term:
+                    self._end(ep, "terms moved while X learned", now)
+                elif (
+                    x.role is Role.FOLLOWER
+                    and x.term == ep.term
+                    and x.vote == 0
+                    and x.handed_hard_state.term == ep.term
+                    and x.persisted_number >= x.durable_wait_number
+                ):
+                    self._set_phase(ep, "grant", now)
+                    if not self._deliver_held(cluster, ep, ep.a):
+                        self._end(ep, "A's request not held", now)
+                elif x.term != ep.term0 and (x.term != ep.term or x.vote != 0):
+                    self._end(ep, "X moved on", now)
+                elif now - ep.phase_at > 0.5:
+                    self._end(ep, "X did not learn the term", now)
+            elif ep.phase == "grant":
+                if now - ep.phase_at > 0.5:
+                    self._end(ep, "no grant to A", now)
+            elif ep.phase == "down":
+                slot = cluster.brokers[ep.leader]
+                if slot.node is None or slot.node is ep.old_node or x is None:
+                    if now - ep.phase_at > 1.0:
+                        self._end(ep, "X did not come back", now)
+                    continue
+                if rc.role is not Role.CANDIDATE or rc.term != ep.term:
+                    self._end(ep, "C moved on before X came back", now)
+                    continue
+                ep.vote_after_restart = x.vote if x.term == ep.term else -1
+                self._count("vote forgotten" if ep.vote_after_restart == 0 else "vote kept")
+                self._set_phase(ep, "voted", now)
+                if not self._deliver_held(cluster, ep, ep.c):
+                    self._end(ep, "C's request not held", now)
+            elif ep.phase == "voted":
+                if rc.role is Role.LEADER and rc.term == ep.term and not ep.second_leader:
+                    ep.second_leader = True
+                    self._count("second leader")
+                if now - ep.phase_at > self.settle_s:
+                    self._end(ep, "done", now)
+
+
 # ---------------------------------------------------------------------------- targets
 
 
@@ -1322,11 +1695,26 @@ WHOLE_CLUSTER = FaultProfile(
     down_s=(0.2, 1.5),
 )
 
+QUIET = FaultProfile("quiet", mean_gap_s=2.0, weights={"quiet": 1})
+
 TARGETS: dict[int, Target] = {
     1: Target(profile=WHOLE_CLUSTER),
     # metadata snapshots every 10 entries (compaction keeps the active segment, so entries the
     # snapshot covers stay on disk), then restarts
     2: Target(profile="crashy", settings=BrokerSettings(snapshot_interval_entries=10)),
+    # no nemesis; a topic no client writes, pre-vote on, check-quorum off, no quiescence, and
+    # SplitVoteAcrossRestart's schedule on its group: a split vote that only its stale
+    # leader X decides, X's grant to the first candidate followed by a SIGKILL, and the other
+    # candidate's vote request delivered when X is back
+    3: Target(
+        profile=QUIET,
+        settings=BrokerSettings(quiesce=False),
+        budget=Budget(fault_s=6.0, join_share=0.0),
+        harness=lambda: _Combined(
+            RaftOptions(pre_vote=True, check_quorum=False), SplitVoteAcrossRestart()
+        ),
+        expect=("one_leader_per_term",),
+    ),
     # every disk slow (a deep shared lane), every seed deletes a topic, and producers keep
     # writing to it until the delete completed
     4: Target(
