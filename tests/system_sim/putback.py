@@ -1282,7 +1282,9 @@ class SplitVoteAcrossRestart(Harness):
     durable). Every step is a fault a real network or machine can produce: messages of one
     Raft group lost on some links, vote requests delayed in the network (and delivered to the
     receiver's next process), one SIGKILL and a restart. Raft must stay safe under all of it:
-    no message is forged, changed or delivered twice.
+    no message is forged, changed or delivered twice. (Messages are lost one by one, as in
+    Raft's network model; the product's gRPC streams would lose whole batches, and Raft's
+    safety depends on neither.)
 
     Setup: the workload gains a topic ``quiet`` (1 partition, 3 replicas) that no client writes,
     so its replicas' logs stay equal; its group ``g`` is the target. Brokers run with pre-vote
@@ -1339,7 +1341,8 @@ class SplitVoteAcrossRestart(Harness):
     # ------------------------------------------------------------------ the network's part
 
     def _fate(self, ep: _VoteEpisode, src: int, dst: int, mtype: int) -> str:
-        """ "pass", "drop" or "hold" for one message of the target group, src -> dst."""
+        """What the network does with one message of the target group, src -> dst: "pass",
+        "drop" (lost) or "hold" (delayed until the schedule delivers it, or lost)."""
         from raft.types import MessageType as MT
 
         x, a, c = ep.leader, ep.a, ep.c
@@ -1390,7 +1393,7 @@ class SplitVoteAcrossRestart(Harness):
                 if fate == "pass":
                     keep.append(m)
                     continue
-                harness._count(f"{fate}ped")
+                harness._count("dropped" if fate == "drop" else "held")
                 if fate == "hold":
                     ep.held[link.src] = (
                         m.SerializeToString(),
