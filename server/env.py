@@ -28,8 +28,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 from typing import Any, Protocol, TypeVar
 
 from raft.storage.fs import OS_FS, FileSystem
@@ -140,11 +140,22 @@ class ThreadExecutor:
     ``submit_then``)."""
 
     def __init__(self, max_workers: int = 8, burst: int = 8) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="replog-io")
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, not {max_workers}")
+        self._max_workers = max_workers
         self._burst = burst
-        self._lock = threading.Lock()  # guards _lanes: the loop appends, workers pop
+        self._lock = threading.Lock()  # guards _lanes, _threads, _idle and _closing
         # lane -> queued jobs: (future, fn, args, then); exactly one of future/then is set
         self._lanes: dict[str, deque[tuple[Any, Callable[..., Any], tuple[Any, ...], Any]]] = {}
+        # Lanes ready to run, for the workers. A SimpleQueue's put is one C call; the
+        # ThreadPoolExecutor.submit it replaces (a Future, a work item, a semaphore, two locks)
+        # cost a busy leader's loop ~2 % (docs/benchmarks.md).
+        self._ready: SimpleQueue[tuple[asyncio.AbstractEventLoop, str, deque[Any]] | None] = (
+            SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # workers waiting on _ready not yet counted off for a queued lane
+        self._closing = False
 
     def submit(self, lane: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -163,18 +174,44 @@ class ThreadExecutor:
 
     def _enqueue(self, loop: asyncio.AbstractEventLoop, lane: str, job: tuple[Any, ...]) -> None:
         with self._lock:
+            if self._closing:
+                raise RuntimeError("the executor is shut down")
             queue = self._lanes.get(lane)
-            idle = queue is None
-            if queue is None:
-                self._lanes[lane] = queue = deque()
-            queue.append(job)  # type: ignore[arg-type]
-        if idle:
-            self._pool.submit(self._run_lane, loop, lane, queue)
+            if queue is not None:
+                queue.append(job)
+                return
+            self._lanes[lane] = queue = deque((job,))
+            thread = self._claim_worker_locked()
+        if thread is not None:
+            thread.start()
+        self._ready.put((loop, lane, queue))
+
+    def _claim_worker_locked(self) -> threading.Thread | None:
+        """A lane is about to be queued: count off an idle worker for it, or make a new one
+        (returned, to be started outside the lock) while there are fewer than the maximum."""
+        if self._idle:
+            self._idle -= 1
+            return None
+        if len(self._threads) >= self._max_workers:
+            return None  # every worker is busy: the lane waits its turn
+        thread = threading.Thread(
+            target=self._work, name=f"replog-io_{len(self._threads)}", daemon=True
+        )
+        self._threads.append(thread)
+        return thread
+
+    def _work(self) -> None:
+        while (item := self._ready.get()) is not None:
+            self._run_lane(*item)
+            with self._lock:
+                self._idle += 1
 
     def _run_lane(self, loop: asyncio.AbstractEventLoop, lane: str, queue: deque[Any]) -> None:
         """In a worker: run the lane's jobs in order (the head stays queued while it runs, so
-        ``submit`` sees the lane busy); hand each outcome to the loop."""
-        for _ in range(self._burst):
+        ``submit`` sees the lane busy); hand each outcome to the loop. After ``burst`` jobs
+        the lane goes to the back of the queue, so busy lanes cannot starve the others."""
+        ran = 0
+        while True:
             fut, fn, args, then = queue[0]
             try:
                 result, error = fn(*args), None
@@ -187,15 +224,29 @@ class ThreadExecutor:
                     loop.call_soon_threadsafe(_settle, fut, result, error)
             except RuntimeError:  # the loop is closed: nobody waits for this any more
                 pass
+            ran += 1
             with self._lock:
                 queue.popleft()
                 if not queue:
                     del self._lanes[lane]
                     return
-        self._pool.submit(self._run_lane, loop, lane, queue)  # the burst is used up: requeue
+                if ran < self._burst or self._closing:
+                    continue
+                thread = self._claim_worker_locked()
+            if thread is not None:
+                thread.start()
+            self._ready.put((loop, lane, queue))
+            return
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Runs the jobs already queued, then stops the workers; a later submit raises."""
+        with self._lock:
+            self._closing = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._ready.put(None)
+        for thread in threads:
+            thread.join()
         self._lanes.clear()
 
 

@@ -133,3 +133,38 @@ def test_submit_then_delivers_outcomes_in_lane_order_without_a_future() -> None:
         ex.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_busy_lane_leaves_a_single_worker_to_other_lanes_after_its_burst() -> None:
+    """One worker, a lane with many jobs and another lane with one: the other lane's job runs
+    after at most ``burst`` jobs of the busy lane, not after all of them."""
+
+    async def main() -> None:
+        ex = ThreadExecutor(max_workers=1, burst=3)
+        order: list[str] = []
+        busy = [ex.submit("busy", order.append, f"busy{i}") for i in range(12)]
+        other = ex.submit("other", order.append, "other")
+        await asyncio.wait_for(asyncio.gather(*busy, other), WAIT_S)
+        assert order.index("other") <= 3, order
+        assert [x for x in order if x != "other"] == [f"busy{i}" for i in range(12)]
+        ex.shutdown()
+
+    asyncio.run(main())
+
+
+def test_shutdown_runs_what_was_queued_then_refuses_new_jobs() -> None:
+    async def main() -> None:
+        ex = ThreadExecutor(max_workers=2, burst=2)
+        release = threading.Event()
+        ran: list[int] = []
+        ex.submit("a", release.wait, WAIT_S)
+        futs = [ex.submit("a", ran.append, i) for i in range(5)]
+        stopping = asyncio.get_running_loop().run_in_executor(None, ex.shutdown)
+        release.set()
+        await asyncio.wait_for(stopping, WAIT_S)  # returns only after the queued jobs ran
+        assert ran == [0, 1, 2, 3, 4]
+        await asyncio.wait_for(asyncio.gather(*futs), WAIT_S)
+        with pytest.raises(RuntimeError, match="shut down"):
+            ex.submit("b", ran.append, 9)
+
+    asyncio.run(main())
