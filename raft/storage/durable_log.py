@@ -79,7 +79,9 @@ sync that raised its mark was interrupted), else ``StorageCorruption``. A segmen
 inside the previous one past that one's ack mark is a truncation not yet cut (above). Then the log is reconciled
 with the snapshot: a snapshot beyond the log, or one whose (index, term) does not match the
 log, resets the log to start after it (thesis §5.3: entries after a matching snapshot point are
-kept). See docs/storage.md for why the ack-mark rule is sound.
+kept). Finally what a process crash left only in the page cache is made durable (segments past
+their mark's durable part, the directory), since the node will treat it as persisted. See
+docs/storage.md for why the ack-mark rule is sound.
 """
 
 from __future__ import annotations
@@ -224,6 +226,8 @@ class DurableLog:
         try:
             self._recover_segments([self.directory / name for name in names])
             self._reconcile_with_snapshot()
+            if self._fsync:
+                self._make_recovered_state_durable()
         except BaseException:
             for segment in self._segments.values():
                 segment.close()
@@ -336,6 +340,26 @@ class DurableLog:
             self._segments[segment.first_index] = segment
         if kept:
             kept[-1].ensure_open()
+
+    def _make_recovered_state_durable(self) -> None:
+        """After a process crash (SIGKILL) the page cache still holds what no sync made
+        durable: segment data past a segment's last completed sync, new segment files, a
+        renamed ``state`` or ``snapshot`` file, a cut of a truncation. Recovery reads it all,
+        and the restarted node then treats its whole log and hard state as persisted (it
+        acknowledges those entries, re-grants that vote). So make it durable now, before
+        anything is acknowledged: every segment whose entries go past its mark's durable
+        part is fdatasynced, then the directory (its entries, and the renames) is fsynced."""
+        fs = self._fs
+        for segment in self._segments.values():
+            if segment.last_index <= segment.durable_mark:
+                continue  # a completed sync covered all of it (a clean close seals every mark)
+            fd = segment.ensure_open()
+            segment.write_mark(segment.last_index)  # as a sync does: mark first, then data
+            fs.fdatasync(fd)
+            segment.on_synced(segment.last_index)
+            if not self._is_active(segment):
+                segment.close()
+        fs.fsync_dir(self.directory)
 
     @staticmethod
     def _truncation_not_cut(previous: Segment | None, segment: Segment) -> bool:
