@@ -73,9 +73,10 @@ snapshot are removed (an interrupted compaction or snapshot install); every segm
 tail, cut and logged ``torn_tail_truncated``. At or before the mark it is
 ``StorageCorruption``. A segment that does not continue the log before it (gap, overlap, term)
 is dropped (``unacknowledged_segment_dropped``) if nothing in it was ever acknowledged (it was
-created by a write no sync completed), or if it follows a gap and its mark's durable part
-does not reach it (a sync covering it would have covered the missing entries before it: the
-sync that raised its mark was interrupted), else ``StorageCorruption``. A segment starting
+created by a write no sync completed), or if its mark's durable part does not reach it (a
+completed sync covering it would have made everything before it durable: the sync that raised
+its mark was interrupted), else ``StorageCorruption``; the first segment likewise if it starts
+after a gap following the snapshot. A segment starting
 inside the previous one past that one's ack mark is a truncation not yet cut (above). Then the log is reconciled
 with the snapshot: a snapshot beyond the log, or one whose (index, term) does not match the
 log, resets the log to start after it (thesis §5.3: entries after a matching snapshot point are
@@ -120,6 +121,8 @@ from raft.storage.snapshot_file import SnapshotFile
 from raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 
 FsyncPolicy = Literal["always", "never"]
+_StateSnapshot = tuple[HardState, ConfState, bool]
+"""(hard state, bootstrap membership, whether a term/vote/membership change was pending)."""
 
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_CACHE_BYTES = 8 << 20
@@ -274,7 +277,15 @@ class DurableLog:
                 assert problem is not None
                 drops.append((path, "torn_tail_truncated", problem.detail))
                 continue
-            reason = self._discontinuity(previous, segment) if previous is not None else None
+            if previous is not None:
+                reason = self._discontinuity(previous, segment)
+            elif segment.first_index > max(snap_index, 0) + 1:
+                reason = (
+                    f"the first segment starts at index {segment.first_index}, after a gap "
+                    f"(the log starts at {max(snap_index, 0) + 1})"
+                )
+            else:
+                reason = None
             if reason is not None and self._truncation_not_cut(previous, segment):
                 # A suffix truncation whose file cut is still to be done (a sync makes it
                 # after the lowered mark is durable): the old frames past the previous
@@ -295,22 +306,18 @@ class DurableLog:
                 kept = []
                 reason = None
             if reason is not None:
-                assert previous is not None
-                if segment.mark < segment.first_index:
-                    drops.append((path, "unacknowledged_segment_dropped", reason))
-                    continue
-                elif (
-                    segment.first_index > previous.last_index + 1
-                    and segment.durable_mark < segment.first_index
+                if segment.mark < segment.first_index or segment.durable_mark < (
+                    segment.first_index
                 ):
-                    # Entries before it are missing (a torn tail was cut, or a segment never
-                    # reached the disk), so no sync that covered this segment completed: any
-                    # completed sync covering it covered them too. Its mark was raised by a
-                    # sync a power loss interrupted.
+                    # Nothing in it was acknowledged: its mark says so, or the sync that raised
+                    # it never completed. A completed sync covering this segment would have
+                    # made everything recorded before it durable too (the entries before it, a
+                    # snapshot, a cut, removed segments), so it could not follow a gap, an
+                    # overlap or a term mismatch; the mark's durable part lags one sync, so it
+                    # is below the first index only while no later sync has completed.
                     drops.append((path, "unacknowledged_segment_dropped", reason))
                     continue
-                else:
-                    raise StorageCorruption(str(path), 0, reason)
+                raise StorageCorruption(str(path), 0, reason)
             if problem is not None:
                 if problem.index <= segment.durable_mark:
                     raise StorageCorruption(str(path), problem.byte_offset, self._why(problem))
@@ -712,6 +719,12 @@ class DurableLog:
                     cuts = self._take_pending_cuts_locked()
                     if not cuts:
                         dir_dirty, fds, marked = self._begin_sync_locked()
+                        # The hard state as of now: its commit index refers to entries
+                        # recorded before this point, which this sync makes durable. A later
+                        # one may name entries it does not cover (a truncation's new branch
+                        # still in flight), so it waits for the sync that covers them.
+                        with self._hs_lock:
+                            state = (self._hs, self._bootstrap, self._state_dirty)
                         break
                 # Outside the lock: the loop may truncate again meanwhile, and the next round
                 # takes that cut too. No segment's ack mark is raised until no cut is pending.
@@ -754,8 +767,8 @@ class DurableLog:
             finally:
                 for fd in fds:
                     self._fs.close(fd)
-            self._flush_state()
-            self._maybe_flush_commit(force=False)
+            self._flush_state(state)
+            self._maybe_flush_commit(force=False, state=state)
 
     def _take_pending_cuts_locked(self) -> list[tuple[Segment, int, int]]:
         """(segment, dup'ed fd, offset) of every file cut a suffix truncation left pending."""
@@ -1128,18 +1141,29 @@ class DurableLog:
         if ready:
             self._fsync_dir("remove segments")
 
-    def _flush_state(self) -> None:
-        """Write the ``state`` file if a term/vote/membership change is pending."""
-        with self._hs_lock:
-            if not self._state_dirty:
-                return
-        self._write_state()
+    def _flush_state(self, state: _StateSnapshot | None = None) -> None:
+        """Write the ``state`` file if a term/vote/membership change is pending (as of
+        ``state``, taken when a sync began; the latest if None)."""
+        if state is None:
+            with self._hs_lock:
+                if not self._state_dirty:
+                    return
+        elif not state[2]:
+            return
+        self._write_state(state)
 
-    def _write_state(self) -> None:
+    def _write_state(self, state: _StateSnapshot | None = None) -> None:
         with self._state_lock:
             with self._hs_lock:
-                hs, bootstrap = self._hs, self._bootstrap
-                self._state_dirty = False
+                if state is None:
+                    state = (self._hs, self._bootstrap, self._state_dirty)
+                hs, bootstrap, _ = state
+                # A term/vote/membership change made after ``state`` was taken stays pending.
+                self._state_dirty = (self._hs.term, self._hs.vote, self._bootstrap) != (
+                    hs.term,
+                    hs.vote,
+                    bootstrap,
+                )
             try:
                 self._state_file.store(hs, bootstrap)
             except OSError as exc:
@@ -1148,14 +1172,15 @@ class DurableLog:
                 self._hs_written = hs
                 self._hs_written_at = self._clock()
 
-    def _maybe_flush_commit(self, *, force: bool) -> None:
+    def _maybe_flush_commit(self, *, force: bool, state: _StateSnapshot | None = None) -> None:
         with self._hs_lock:
-            if self._hs == self._hs_written:
+            hs = self._hs if state is None else state[0]
+            if hs == self._hs_written:
                 return
             due = self._clock() - self._hs_written_at >= self._commit_flush_interval_s
             if not (force or due):
                 return
-        self._write_state()
+        self._write_state(state)
 
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_SEGMENT_BYTES", "DurableLog", "FsyncPolicy"]

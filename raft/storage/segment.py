@@ -230,6 +230,13 @@ class Segment:
     ) -> tuple[Segment | None, ScanProblem | None]:
         size = fs.size(fd)
         data = memoryview(pread_exact(fs, fd, size, 0))
+        if size >= FIRST_FRAME_OFFSET and not any(data[:FIRST_FRAME_OFFSET]):
+            # Every sync of this file writes its first page (header and mark): zeros there mean
+            # no sync of it ever completed, whatever later pages reached the disk (a torn power
+            # loss writes pages back in any order), so nothing in it was acknowledged.
+            fs.close(fd)
+            why = "segment header and mark are zeros: its first page never reached the disk"
+            return None, ScanProblem(0, named_first, why, None)
         length, problem = check_frame(data, 0)
         if problem is not None or size < FIRST_FRAME_OFFSET:
             why = problem.detail if problem is not None else "partial ack mark"
