@@ -49,7 +49,7 @@ returns, and nothing before.
   the next sync, after an fdatasync made the lowered mark durable, and before any segment's
   mark is raised: a power loss can make a shorter size durable before the page holding the
   mark (seed 2083). Until then recovery finds the old frames past the lowered mark and the
-  new segment starting inside them, and drops those frames (``_truncation_not_cut``).
+  new segment starting inside them, and drops those frames (``recovery._truncation_not_cut``).
 - A roll to a new segment: the old one is fdatasynced by the next sync, with the new one.
 - ``fsync="never"``: no fsync at all. Term, vote and snapshots are still *written* (temp +
   rename, no fsync) inside the call that records them (``save_hard_state``,
@@ -108,9 +108,9 @@ from raft.errors import (
 from raft.storage.frame import encode_entry
 from raft.storage.fs import OS_FS, FileSystem
 from raft.storage.hard_state import HardStateFile, remove_stale_temps
+from raft.storage.recovery import make_recovered_state_durable, recover_segments
 from raft.storage.segment import (
     MARK_OFFSET,
-    ScanProblem,
     Segment,
     SegmentInfo,
     encode_mark,
@@ -227,10 +227,16 @@ class DurableLog:
         self._snapshot = self._snapshot_file.load()
         self._snapshot_written_index = self._snapshot.metadata.index
         try:
-            self._recover_segments([self.directory / name for name in names])
+            snap_index = -1 if self._snapshot.is_empty() else self._snapshot.metadata.index
+            paths = [self.directory / name for name in names]
+            log = self._log
+            for segment in recover_segments(
+                fs, self.directory, paths, snap_index, fsync=self._fsync, log=log
+            ):
+                self._segments[segment.first_index] = segment
             self._reconcile_with_snapshot()
             if self._fsync:
-                self._make_recovered_state_durable()
+                make_recovered_state_durable(fs, self.directory, list(self._segments.values()))
         except BaseException:
             for segment in self._segments.values():
                 segment.close()
@@ -240,171 +246,6 @@ class DurableLog:
         if self._hs.commit > last:
             self._log("commit_clamped", stored_commit=self._hs.commit, last_index=last)
             self._hs = HardState(term=self._hs.term, vote=self._hs.vote, commit=last)
-
-    # -- recovery ------------------------------------------------------------------------
-
-    def _recover_segments(self, paths: list[Path]) -> None:
-        """Scan every segment; keep the longest sound log (module docstring, "Recovery")."""
-        fs = self._fs
-        removed = 0
-        # Scan everything first, decide, and only then change files: a loud error must leave
-        # the directory exactly as it was found.
-        scanned: list[tuple[Path, Segment | None, ScanProblem | None]] = []
-        try:
-            for path in paths:
-                segment, problem = Segment.scan(fs, path)
-                if segment is not None:
-                    segment.close()  # reopened on demand
-                scanned.append((path, segment, problem))
-        except BaseException:
-            for _, segment, _ in scanned:
-                if segment is not None:
-                    segment.close()
-            raise
-        snap_index = -1 if self._snapshot.is_empty() else self._snapshot.metadata.index
-
-        def covered_from(segment: Segment) -> bool:
-            return segment.first_index <= snap_index + 1
-
-        kept: list[Segment] = []
-        cuts: list[tuple[Segment, ScanProblem]] = []
-        drops: list[tuple[Path, str, str]] = []  # (path, event, reason)
-        previous: Segment | None = None
-        for path, segment, problem in scanned:
-            if segment is None:
-                # A header that never reached the disk: no sync of this file ever completed,
-                # so nothing in it was acknowledged (every sync writes the header too).
-                assert problem is not None
-                drops.append((path, "torn_tail_truncated", problem.detail))
-                continue
-            if previous is not None:
-                reason = self._discontinuity(previous, segment)
-            elif segment.first_index > max(snap_index, 0) + 1:
-                reason = (
-                    f"the first segment starts at index {segment.first_index}, after a gap "
-                    f"(the log starts at {max(snap_index, 0) + 1})"
-                )
-            else:
-                reason = None
-            if reason is not None and self._truncation_not_cut(previous, segment):
-                # A suffix truncation whose file cut is still to be done (a sync makes it
-                # after the lowered mark is durable): the old frames past the previous
-                # segment's mark were never acknowledged, and this segment holds what
-                # replaced them. After a process crash the page cache has it all.
-                assert previous is not None
-                offset = previous.forget_from(segment.first_index)
-                cuts = [(seg, prob) for seg, prob in cuts if seg is not previous]
-                replaced = ScanProblem(offset, segment.first_index, "replaced", None)
-                cuts.append((previous, replaced))
-                reason = None
-            if reason is not None and covered_from(segment):
-                # Everything before it is covered by the snapshot: leftovers of a snapshot
-                # install or compaction that a crash interrupted before removing them.
-                for stale in kept:
-                    drops.append((stale.path, "stale_segment_removed", reason))
-                cuts = [(seg, prob) for seg, prob in cuts if seg not in kept]
-                kept = []
-                reason = None
-            if reason is not None:
-                if segment.mark < segment.first_index or segment.durable_mark < (
-                    segment.first_index
-                ):
-                    # Nothing in it was acknowledged: its mark says so, or the sync that raised
-                    # it never completed. A completed sync covering this segment would have
-                    # made everything recorded before it durable too (the entries before it, a
-                    # snapshot, a cut, removed segments), so it could not follow a gap, an
-                    # overlap or a term mismatch; the mark's durable part lags one sync, so it
-                    # is below the first index only while no later sync has completed.
-                    drops.append((path, "unacknowledged_segment_dropped", reason))
-                    continue
-                raise StorageCorruption(str(path), 0, reason)
-            if problem is not None:
-                if problem.index <= segment.durable_mark:
-                    raise StorageCorruption(str(path), problem.byte_offset, self._why(problem))
-                cuts.append((segment, problem))
-            kept.append(segment)
-            previous = segment
-        for segment, problem in cuts:
-            segment.ensure_open()
-            segment.cut_at(problem.byte_offset)
-            if self._fsync:
-                fs.fdatasync(segment.fd)
-            segment.close()
-            self._log(
-                "torn_tail_truncated",
-                path=str(segment.path),
-                offset=problem.byte_offset,
-                detail=problem.detail,
-                ack_mark=segment.mark,
-            )
-        for path, event, reason in drops:
-            fs.unlink(path)
-            removed += 1
-            self._log(event, path=str(path), offset=0, detail=reason)
-        if removed and self._fsync:
-            fs.fsync_dir(self.directory)
-        for segment in kept:
-            self._segments[segment.first_index] = segment
-        if kept:
-            kept[-1].ensure_open()
-
-    def _make_recovered_state_durable(self) -> None:
-        """After a process crash (SIGKILL) the page cache still holds what no sync made
-        durable: segment data past a segment's last completed sync, new segment files, a
-        renamed ``state`` or ``snapshot`` file, a cut of a truncation. Recovery reads it all,
-        and the restarted node then treats its whole log and hard state as persisted (it
-        acknowledges those entries, re-grants that vote). So make it durable now, before
-        anything is acknowledged: every segment whose entries go past its mark's durable
-        part is fdatasynced, then the directory (its entries, and the renames) is fsynced."""
-        fs = self._fs
-        for segment in self._segments.values():
-            if segment.last_index <= segment.durable_mark:
-                continue  # a completed sync covered all of it (a clean close seals every mark)
-            fd = segment.ensure_open()
-            segment.write_mark(segment.last_index)  # as a sync does: mark first, then data
-            fs.fdatasync(fd)
-            segment.on_synced(segment.last_index)
-            if not self._is_active(segment):
-                segment.close()
-        fs.fsync_dir(self.directory)
-
-    @staticmethod
-    def _truncation_not_cut(previous: Segment | None, segment: Segment) -> bool:
-        """Whether ``segment`` starts inside ``previous`` past its ack mark and continues the
-        entries before that point: the trace of a truncation not yet cut (truncate_from)."""
-        first = segment.first_index
-        return (
-            previous is not None
-            and previous.first_index < first <= previous.last_index
-            and previous.mark < first
-            and previous.term_at(first - 1) == segment.prev_term
-        )
-
-    @staticmethod
-    def _discontinuity(previous: Segment, segment: Segment) -> str | None:
-        if segment.first_index != previous.last_index + 1:
-            return (
-                f"segment starts at index {segment.first_index} but the previous one ends at "
-                f"{previous.last_index} (gap or overlap)"
-            )
-        if segment.prev_term != previous.last_term:
-            return (
-                f"segment header says the previous term is {segment.prev_term}, the previous "
-                f"segment ends with term {previous.last_term}"
-            )
-        return None
-
-    @staticmethod
-    def _why(problem: ScanProblem) -> str:
-        detail = (
-            f"{problem.detail} at entry {problem.index}, which a completed sync had made durable"
-        )
-        if problem.next_valid is not None:
-            detail += (
-                f"; a valid frame of a later entry follows at byte {problem.next_valid}: "
-                "the frame was damaged in place"
-            )
-        return detail
 
     def _reconcile_with_snapshot(self) -> None:
         meta = self._snapshot.metadata
