@@ -142,20 +142,31 @@ class ThreadExecutor:
     def __init__(self, max_workers: int = 8, burst: int = 8) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, not {max_workers}")
-        self._max_workers = max_workers
         self._burst = burst
-        self._lock = threading.Lock()  # guards _lanes, _threads, _idle and _closing
+        self._lock = threading.Lock()  # guards _lanes and _closing, and orders _ready's puts
         # lane -> queued jobs: (future, fn, args, then); exactly one of future/then is set
         self._lanes: dict[str, deque[tuple[Any, Callable[..., Any], tuple[Any, ...], Any]]] = {}
+        self._closing = False
         # Lanes ready to run, for the workers. A SimpleQueue's put is one C call; the
         # ThreadPoolExecutor.submit it replaces (a Future, a work item, a semaphore, two locks)
-        # cost a busy leader's loop ~2 % (docs/benchmarks.md).
+        # cost a busy leader's loop ~2 % (docs/benchmarks.md). Every put happens under _lock,
+        # so shutdown's stop markers come after every lane queued before it.
         self._ready: SimpleQueue[tuple[asyncio.AbstractEventLoop, str, deque[Any]] | None] = (
             SimpleQueue()
         )
-        self._threads: list[threading.Thread] = []
-        self._idle = 0  # workers waiting on _ready not yet counted off for a queued lane
-        self._closing = False
+        # All workers start here, not on demand: a thread that cannot start ("can't start new
+        # thread") fails the broker's start, never a lane half-queued in the middle of a run.
+        # An idle worker costs nothing but its stack (it blocks on _ready).
+        self._threads = [
+            threading.Thread(target=self._work, name=f"replog-io_{i}", daemon=True)
+            for i in range(max_workers)
+        ]
+        try:
+            for thread in self._threads:
+                thread.start()
+        except BaseException:
+            self._stop([t for t in self._threads if t.ident is not None])
+            raise
 
     def submit(self, lane: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -181,30 +192,11 @@ class ThreadExecutor:
                 queue.append(job)
                 return
             self._lanes[lane] = queue = deque((job,))
-            thread = self._claim_worker_locked()
-        if thread is not None:
-            thread.start()
-        self._ready.put((loop, lane, queue))
-
-    def _claim_worker_locked(self) -> threading.Thread | None:
-        """A lane is about to be queued: count off an idle worker for it, or make a new one
-        (returned, to be started outside the lock) while there are fewer than the maximum."""
-        if self._idle:
-            self._idle -= 1
-            return None
-        if len(self._threads) >= self._max_workers:
-            return None  # every worker is busy: the lane waits its turn
-        thread = threading.Thread(
-            target=self._work, name=f"replog-io_{len(self._threads)}", daemon=True
-        )
-        self._threads.append(thread)
-        return thread
+            self._ready.put((loop, lane, queue))
 
     def _work(self) -> None:
         while (item := self._ready.get()) is not None:
             self._run_lane(*item)
-            with self._lock:
-                self._idle += 1
 
     def _run_lane(self, loop: asyncio.AbstractEventLoop, lane: str, queue: deque[Any]) -> None:
         """In a worker: run the lane's jobs in order (the head stays queued while it runs, so
@@ -230,29 +222,34 @@ class ThreadExecutor:
                 if not queue:
                     del self._lanes[lane]
                     return
-                if ran < self._burst or self._closing:
-                    continue
-                thread = self._claim_worker_locked()
-            if thread is not None:
-                thread.start()
-            self._ready.put((loop, lane, queue))
-            return
+                if ran >= self._burst and not self._closing:
+                    self._ready.put((loop, lane, queue))
+                    return
 
     def shutdown(self) -> None:
         """Runs the jobs already queued, then stops the workers; a later submit raises."""
         with self._lock:
             self._closing = True
-            threads = list(self._threads)
-        for _ in threads:
-            self._ready.put(None)
+        self._stop(self._threads)
+        self._lanes.clear()
+
+    def _stop(self, threads: list[threading.Thread]) -> None:
+        with self._lock:
+            for _ in threads:
+                self._ready.put(None)
         for thread in threads:
             thread.join()
-        self._lanes.clear()
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if fut.done():  # the caller cancelled it; the job ran anyway
         return
+    if isinstance(error, StopIteration):
+        # A future refuses StopIteration (it would end the awaiting coroutine's frame
+        # instead of raising in it): hand it over wrapped, as asyncio does for coroutines.
+        wrapped = RuntimeError(f"the job raised StopIteration: {error!r}")
+        wrapped.__cause__ = error
+        error = wrapped
     if error is not None:
         fut.set_exception(error)
     else:
