@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from raft.storage import DurableLog
 from raft.types import Entry
-from tests.raft.memfs import MemFS
 from tests.system_sim.fs import SimDisk, SimFileSystem
 
 DIR = Path("/data/group")
@@ -153,60 +152,3 @@ def test_a_torn_power_loss_at_any_operation_keeps_every_acknowledged_entry(
         assert reopened.last_index() >= index, (index, reopened.last_index())
         assert reopened.entries(index, index + 1) == [entry]
     reopened.close()
-
-
-# -- a process crash keeps the page cache: what recovery reads from it must be made durable --
-
-
-def mem_entries(lo: int, hi: int, term: int = 1, size: int = 40) -> list[Entry]:
-    return [Entry(i, term, data=bytes([(i * 7 + term) % 251]) * size) for i in range(lo, hi)]
-
-
-def open_mem_log(fs: MemFS, segment_bytes: int = 300) -> DurableLog:
-    return DurableLog(DIR, fs=fs, segment_bytes=segment_bytes)
-
-
-def test_segment_recovered_from_page_cache_is_made_durable_before_its_entries_are_acked() -> None:
-    """Found by review (pre-existing). A SIGKILL keeps the page cache: recovery sees entries
-    6..11 (segment 4's tail, segments 7 and 10) that no sync made durable. A restarted node
-    treats its whole log as persisted, so the open must make them durable (fdatasync, fsync
-    of the directory); before, a power loss then lost 6..9 and the log refused to open (a
-    gap before segment 10, whose data the later sync did make durable)."""
-    fs = MemFS()
-    log = open_mem_log(fs)
-    log.append(mem_entries(1, 6))
-    log.sync()
-    log.append(mem_entries(6, 12))  # rolls (300-byte segments): new files, no fsync_dir yet
-    fs.crash(power_loss=False)  # SIGKILL: page cache (data and directory entries) kept
-    log = open_mem_log(fs)
-    assert log.last_index() == 11
-    log.append(mem_entries(12, 14))
-    log.sync()  # completed: 1..13 acknowledged
-    fs.crash(power_loss=True)
-    reopened = open_mem_log(fs)
-    assert reopened.last_index() >= 13, reopened.last_index()
-    assert reopened.entries(1, 14) == mem_entries(1, 14)
-
-
-def test_truncation_recovered_from_page_cache_then_power_loss() -> None:
-    """Same class, through the truncation rule: after a SIGKILL, recovery finds the old
-    frames past the lowered mark and the new segment 10 (both only in the page cache) and
-    cuts the old frames (``_truncation_not_cut``); segment 10's directory entry must be made
-    durable too, or a power loss after 13..14 were appended and synced (acknowledged)
-    removes segment 10: 10..14 lost."""
-    fs = MemFS()
-    log = open_mem_log(fs, segment_bytes=2_000)
-    log.append(mem_entries(1, 21))
-    log.sync()
-    log.append(mem_entries(21, 25))
-    log.sync()  # 1..24 durable, mark raised
-    log.append(mem_entries(10, 13, term=2))  # truncation: mark lowered, cut pending; new segment
-    fs.crash(power_loss=False)
-    log = open_mem_log(fs, segment_bytes=2_000)
-    assert log.entries(10, 13) == mem_entries(10, 13, term=2)
-    log.append(mem_entries(13, 15, term=2))
-    log.sync()  # completed: 1..14 (10..14 of term 2) acknowledged
-    fs.crash(power_loss=True)
-    reopened = open_mem_log(fs, segment_bytes=2_000)
-    assert reopened.last_index() >= 14, reopened.last_index()
-    assert reopened.entries(10, 15) == mem_entries(10, 15, term=2)
