@@ -76,8 +76,8 @@ is dropped (``unacknowledged_segment_dropped``) if nothing in it was ever acknow
 created by a write no sync completed), or if its mark's durable part does not reach it (a
 completed sync covering it would have made everything before it durable: the sync that raised
 its mark was interrupted), else ``StorageCorruption``; the first segment likewise if it starts
-after a gap following the snapshot. A segment starting
-inside the previous one past that one's ack mark is a truncation not yet cut (above). Then the log is reconciled
+after a gap following the snapshot. A segment starting inside the previous one past that
+one's ack mark is a truncation not yet cut (above). Then the log is reconciled
 with the snapshot: a snapshot beyond the log, or one whose (index, term) does not match the
 log, resets the log to start after it (thesis §5.3: entries after a matching snapshot point are
 kept). Finally what a process crash left only in the page cache is made durable (segments past
@@ -229,9 +229,8 @@ class DurableLog:
         try:
             snap_index = -1 if self._snapshot.is_empty() else self._snapshot.metadata.index
             paths = [self.directory / name for name in names]
-            log = self._log
             for segment in recover_segments(
-                fs, self.directory, paths, snap_index, fsync=self._fsync, log=log
+                fs, self.directory, paths, snap_index, fsync=self._fsync, log=self._log
             ):
                 self._segments[segment.first_index] = segment
             self._reconcile_with_snapshot()
