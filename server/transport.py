@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raft.types import Message, MessageType
-from server.codec import message_to_proto
+from server.codec import build_message, message_size_bound, message_to_proto
 from wire import replog_pb2 as pb
 
 if TYPE_CHECKING:
@@ -53,10 +53,12 @@ QUIESCED_ID_BYTES = 11
 
 @dataclass
 class _Item:
-    """One encoded message waiting in this turn's batch for a peer."""
+    """One message waiting in this turn's batch for a peer: a Raft message, built into the
+    RaftBatch only when the batch is sent, or a RaftMessage built already (snapshot chunks, and
+    messages measured exactly because their bound came near the link's limit)."""
 
-    message: pb.RaftMessage
-    size: int  # encoded, framing included
+    message: Message | pb.RaftMessage
+    size: int  # encoded, framing included (an upper bound for a Message)
     group_id: int
     snapshot_id: int = 0  # non-zero: (a chunk of) a snapshot
     last_chunk: bool = False
@@ -66,7 +68,7 @@ class _Item:
 class _Outgoing:
     """One batch's worth of messages in an outbox (the RaftBatch is built at send time)."""
 
-    messages: list[pb.RaftMessage] = field(default_factory=list)
+    items: list[_Item] = field(default_factory=list)
     quiesced: list[int] = field(default_factory=list)
     size: int = BATCH_HEADER_BYTES
     groups: set[int] = field(default_factory=set)
@@ -74,7 +76,7 @@ class _Outgoing:
     last_chunks: list[int] = field(default_factory=list)  # snapshot ids completed by this batch
 
     def add(self, item: _Item) -> None:
-        self.messages.append(item.message)
+        self.items.append(item)
         self.size += item.size
         self.groups.add(item.group_id)
         if item.snapshot_id:
@@ -83,7 +85,7 @@ class _Outgoing:
                 self.last_chunks.append(item.snapshot_id)
 
     def merge(self, other: _Outgoing) -> None:
-        self.messages.extend(other.messages)
+        self.items.extend(other.items)
         self.quiesced.extend(other.quiesced)
         self.size += other.size - BATCH_HEADER_BYTES
         self.groups |= other.groups
@@ -202,25 +204,28 @@ class PeerTransport:
                 self._on_snapshot_status(msg.to, group_id, False)
             self._on_unreachable(msg.to, {group_id})
             return
-        proto = message_to_proto(group_id, msg)
         if msg.type == MessageType.SNAPSHOT:
-            peer.pending.extend(self._snapshot_items(group_id, proto))
+            peer.pending.extend(self._snapshot_items(group_id, message_to_proto(group_id, msg)))
             return
-        size = proto.ByteSize() + MESSAGE_FRAME_BYTES
-        if size + BATCH_HEADER_BYTES > self._max_message_bytes:
+        item = _Item(msg, message_size_bound(msg) + MESSAGE_FRAME_BYTES, group_id)
+        if item.size + BATCH_HEADER_BYTES > self._max_message_bytes:
+            # The bound is loose by up to ~30 bytes per entry: measure exactly before refusing.
+            proto = message_to_proto(group_id, msg)
+            item = _Item(proto, proto.ByteSize() + MESSAGE_FRAME_BYTES, group_id)
+        if item.size + BATCH_HEADER_BYTES > self._max_message_bytes:
             # It could never pass the link; sending it would only break the link for everyone.
             self._log.error(
                 "peer_message_too_large",
                 peer_id=msg.to,
                 group_id=group_id,
                 type=msg.type.name,
-                size=size,
+                size=item.size,
                 limit=self._max_message_bytes,
             )
             self.dropped_messages += 1
             self._on_unreachable(msg.to, {group_id})
             return
-        peer.pending.append(_Item(proto, size, group_id))
+        peer.pending.append(item)
 
     def _snapshot_items(self, group_id: int, proto: pb.RaftMessage) -> list[_Item]:
         """A snapshot message, cut into chunks of at most ``snapshot_chunk_bytes`` of data."""
@@ -263,7 +268,7 @@ class PeerTransport:
             batches = [first]
             for item in items:
                 current = batches[-1]
-                if current.messages and current.size + item.size > self._max_batch_bytes:
+                if current.items and current.size + item.size > self._max_batch_bytes:
                     current = _Outgoing()
                     batches.append(current)
                 current.add(item)
@@ -276,13 +281,13 @@ class PeerTransport:
             self._drop(peer, [out], "peer_down")
             return
         if peer.outbox and (
-            peer.outbox_messages + len(out.messages) > self._outbox_max_messages
+            peer.outbox_messages + len(out.items) > self._outbox_max_messages
             or peer.outbox_bytes + out.size > self._outbox_max_bytes
         ):
             self._drop(peer, [out], "outbox_full")
             return
         peer.outbox.append(out)
-        peer.outbox_messages += len(out.messages)
+        peer.outbox_messages += len(out.items)
         peer.outbox_bytes += out.size
         peer.sent_since_keepalive = True
         peer.wake.set()
@@ -305,7 +310,7 @@ class PeerTransport:
         groups: set[int] = set()
         count = 0
         for out in lost:
-            count += len(out.messages)
+            count += len(out.items)
             groups |= out.groups
             for snapshot_id, group_id in out.snapshots.items():
                 if snapshot_id not in self._failed_snapshots:
@@ -399,18 +404,24 @@ class PeerTransport:
             more = peer.outbox.popleft()
             peer.outbox_bytes -= more.size
             out.merge(more)
-        peer.outbox_messages -= len(out.messages)
+        peer.outbox_messages -= len(out.items)
         return out
 
     def _batch(self, peer_id: int, out: _Outgoing) -> pb.RaftBatch:
-        return pb.RaftBatch(
+        batch = pb.RaftBatch(
             cluster_id=self.cluster_id,
             protocol_version=PROTOCOL_VERSION,
             from_node=self.node_id,
             to_node=peer_id,
-            messages=out.messages,
             quiesced_groups=out.quiesced,
         )
+        messages = batch.messages
+        for item in out.items:
+            if isinstance(item.message, Message):
+                build_message(messages.add, item.group_id, item.message)
+            else:
+                messages.append(item.message)
+        return batch
 
     def _discard_outbox(self, peer: _Peer, reason: str) -> None:
         lost = list(peer.outbox)

@@ -503,7 +503,7 @@ def _patch_14(stack: contextlib.ExitStack) -> None:
         self._outbox_max_bytes = unbounded
 
     def drop(self: PeerTransport, peer: Any, lost: list[Any], reason: str) -> None:
-        self.dropped_messages += sum(len(out.messages) for out in lost)
+        self.dropped_messages += sum(len(out.items) for out in lost)
 
     stack.enter_context(swap(PeerTransport, "__init__", init))
     stack.enter_context(swap(PeerTransport, "_drop", drop))
