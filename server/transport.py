@@ -417,10 +417,25 @@ class PeerTransport:
         )
         messages = batch.messages
         for item in out.items:
-            if isinstance(item.message, Message):
-                build_message(messages.add, item.group_id, item.message)
-            else:
+            if not isinstance(item.message, Message):
                 messages.append(item.message)
+                continue
+            built = len(messages)
+            try:
+                build_message(messages.add, item.group_id, item.message)
+            except (ValueError, TypeError) as exc:
+                # A value protobuf cannot carry (a bug in the sender). Built here, in the link's
+                # task, it must not end the link for every group: drop it as a lost message.
+                del messages[built:]  # it may be half built (an entry failed)
+                self._log.error(
+                    "peer_message_unencodable",
+                    peer_id=peer_id,
+                    group_id=item.group_id,
+                    type=item.message.type.name,
+                    error=str(exc),
+                )
+                self.dropped_messages += 1
+                self._on_unreachable(peer_id, {item.group_id})
         return batch
 
     def _discard_outbox(self, peer: _Peer, reason: str) -> None:

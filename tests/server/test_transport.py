@@ -247,6 +247,68 @@ def test_a_message_larger_than_the_link_limit_is_dropped_and_reported() -> None:
     run(body)
 
 
+def test_a_message_whose_bound_passes_the_limit_but_whose_size_fits_is_sent() -> None:
+    """The transport bounds messages with server.codec.message_size_bound (up to ~30 bytes per
+    entry above the real size); near the link's limit it measures exactly before refusing."""
+
+    async def body() -> None:
+        limit = 1 * MiB
+        net = FakeNetwork(limit=limit)
+        h = Harness(
+            net, max_message_bytes=limit, max_batch_bytes=MiB // 2, snapshot_chunk_bytes=1000
+        )
+        # Many small entries: the bound's slack adds up past the limit, the real size does not.
+        entries = tuple(Entry(i + 1, 3, data=b"e" * 500) for i in range(2000))
+        msg = Message(MessageType.APP, to=2, from_=1, term=3, log_term=3, index=0, entries=entries)
+        from server.codec import message_size_bound, message_to_proto
+
+        exact = message_to_proto(5, msg).ByteSize()
+        assert exact + 200 < limit < message_size_bound(msg)
+        h.transport.enqueue(5, msg)
+        h.transport.flush()
+        await net.until(lambda: len(net.batches()) == 1)
+        (sent,) = net.batches()[0].messages
+        assert (sent.group_id, len(sent.entries)) == (5, 2000)
+        assert h.unreachable == []
+        await h.transport.close()
+
+    run(body)
+
+
+def test_a_message_protobuf_cannot_carry_is_dropped_without_ending_the_link() -> None:
+    """Messages are built into the batch in the link's task: one that fails to encode (here an
+    entry index past uint64, a sender bug) is dropped and reported, half-built parts removed,
+    and the batch's other messages and every later batch still go out."""
+
+    async def body() -> None:
+        net = FakeNetwork()
+        h = Harness(net)
+        bad = Message(
+            MessageType.APP,
+            to=2,
+            from_=1,
+            term=3,
+            index=1,
+            entries=(Entry(2, 3, data=b"a"), Entry(2**64, 3, data=b"b")),
+        )
+        h.transport.enqueue(7, heartbeat())
+        h.transport.enqueue(8, bad)
+        h.transport.enqueue(9, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: len(net.batches()) == 1)
+        assert [m.group_id for m in net.batches()[0].messages] == [7, 9]
+        assert h.unreachable == [(2, {8})]
+        assert "peer_message_unencodable" in h.log.names()
+        h.transport.enqueue(10, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: len(net.batches()) == 2)
+        assert [m.group_id for m in net.batches()[1].messages] == [10]
+        assert len(net.links) == 1
+        await h.transport.close()
+
+    run(body)
+
+
 def test_keepalive_only_on_idle_links() -> None:
     async def body() -> None:
         net = FakeNetwork()
