@@ -52,7 +52,9 @@ async def _ask(admin: AdminClient, linearizable: bool) -> Any:
     return r.high_watermark
 
 
-async def _scenario() -> dict[str, Any]:
+async def _cluster_with_topic() -> tuple[SimCluster, AdminClient, Producer]:
+    """Three brokers with TOPIC (1 partition, R3) created, an admin client and an acks=all
+    producer."""
     cluster = SimCluster(11, 3)
     await cluster.start()
     admin = _admin(cluster, "admin")
@@ -76,6 +78,11 @@ async def _scenario() -> dict[str, Any]:
         ),
         **cluster.client_seams("producer"),
     )
+    return cluster, admin, producer
+
+
+async def _scenario() -> dict[str, Any]:
+    cluster, admin, producer = await _cluster_with_topic()
     out: dict[str, Any] = {}
     out["a"] = (await producer.send_and_wait(TOPIC, b"a", partition=0)).offset
     out["healthy"] = await _ask(admin, linearizable=True)
@@ -189,29 +196,7 @@ async def _deposed_leader_read(with_read_index: bool) -> dict[str, Any]:
     """CheckQuorum off: a leader cut off from its peers keeps believing it leads for as long as
     the cut lasts. A client that still reaches it asks for a linearizable high watermark after
     the new leader acknowledged a record."""
-    cluster = SimCluster(11, 3)
-    await cluster.start()
-    admin = _admin(cluster, "admin")
-    for _ in range(40):
-        try:
-            await admin.create_topic(TOPIC, 1, 3, {})
-            break
-        except TopicExists:
-            break
-        except ReplogError:
-            await asyncio.sleep(0.5)
-    producer = Producer(
-        cluster.bootstrap(),
-        ProducerConfig(
-            acks="all",
-            linger_ms=0.0,
-            delivery_timeout_ms=60_000.0,
-            request_timeout_ms=2_000.0,
-            retry_backoff_ms=20.0,
-            retry_backoff_max_ms=200.0,
-        ),
-        **cluster.client_seams("producer"),
-    )
+    cluster, admin, producer = await _cluster_with_topic()
     out: dict[str, Any] = {}
     out["a"] = (await producer.send_and_wait(TOPIC, b"a", partition=0)).offset
     old = _leader(cluster)
