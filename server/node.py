@@ -98,6 +98,7 @@ class BrokerNode:
             resolve_address=self.peer_address,
             on_unreachable=lambda peer, groups: self.runtime.report_unreachable(peer, groups),
             on_snapshot_status=lambda peer, gid, ok: self.runtime.report_snapshot(peer, gid, ok),
+            on_message_failed=lambda gid, exc: self.runtime.fail_group(gid, exc),
             log=self.log,
         )
         self.runtime = Runtime(

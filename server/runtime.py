@@ -190,6 +190,13 @@ class Runtime:
             self._touched.add(gid)
         self._wake.set()
 
+    def fail_group(self, group_id: int, exc: BaseException) -> None:
+        """Stop one group for an error found outside its turn (the transport could not encode
+        one of its messages): the same one place, ``_fail``, as every other group error."""
+        group = self.groups.get(group_id)
+        if group is not None:
+            self._fail(group, exc)
+
     def report_snapshot(self, peer_id: int, group_id: int, ok: bool) -> None:
         """The transport handed every chunk of a snapshot to the link (ok) or lost it. Either
         way the leader's progress for that follower leaves SNAPSHOT state (etcd's

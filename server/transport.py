@@ -119,6 +119,7 @@ class PeerTransport:
         resolve_address: Callable[[int], str | None],
         on_unreachable: Callable[[int, set[int]], None],
         on_snapshot_status: Callable[[int, int, bool], None] | None = None,
+        on_message_failed: Callable[[int, BaseException], None] | None = None,
         outbox_max_messages: int,
         outbox_max_bytes: int = 128 << 20,
         max_batch_bytes: int | None = None,
@@ -131,7 +132,9 @@ class PeerTransport:
         """``on_unreachable(peer_id, group_ids)`` hears of every lost message's group;
         ``on_snapshot_status(peer_id, group_id, ok)`` of every snapshot send that completed
         (``ok``: every chunk was handed to the link) or was lost (feed it to
-        ``RawNode.report_snapshot``). ``max_message_bytes`` is the link's hard limit (the gRPC
+        ``RawNode.report_snapshot``); ``on_message_failed(group_id, error)`` of a message that
+        could not be encoded (a bug in its group: stop that group, as the runtime does for any
+        other error of one group; without it the group hears "unreachable"). ``max_message_bytes`` is the link's hard limit (the gRPC
         message limit): a single message larger than that is dropped and reported, never sent.
         ``max_batch_bytes`` defaults to min(16 MiB, max_message_bytes / 4) and
         ``snapshot_chunk_bytes`` to a quarter of that, as server/config.py's 0 = auto does
@@ -151,6 +154,7 @@ class PeerTransport:
         self._resolve = resolve_address
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
+        self._on_message_failed = on_message_failed
         self._outbox_max_messages = outbox_max_messages
         self._outbox_max_bytes = outbox_max_bytes
         self._max_batch_bytes = max_batch_bytes
@@ -175,6 +179,7 @@ class PeerTransport:
         resolve_address: Callable[[int], str | None],
         on_unreachable: Callable[[int, set[int]], None],
         on_snapshot_status: Callable[[int, int, bool], None] | None = None,
+        on_message_failed: Callable[[int, BaseException], None] | None = None,
         log: Any,
     ) -> PeerTransport:
         """Every limit from the broker's config ([server] section)."""
@@ -186,6 +191,7 @@ class PeerTransport:
             resolve_address=resolve_address,
             on_unreachable=on_unreachable,
             on_snapshot_status=on_snapshot_status,
+            on_message_failed=on_message_failed,
             outbox_max_messages=s.outbox_max_messages,
             outbox_max_bytes=s.outbox_max_bytes,
             max_batch_bytes=s.max_peer_batch_bytes,
@@ -416,6 +422,7 @@ class PeerTransport:
             quiesced_groups=out.quiesced,
         )
         messages = batch.messages
+        failed: list[_Item] = []
         for item in out.items:
             if not isinstance(item.message, Message):
                 messages.append(item.message)
@@ -423,20 +430,32 @@ class PeerTransport:
             built = len(messages)
             try:
                 build_message(messages.add, item.group_id, item.message)
-            except (ValueError, TypeError) as exc:
-                # A value protobuf cannot carry (a bug in the sender). Built here, in the link's
-                # task, it must not end the link for every group: drop it as a lost message.
+            except Exception as exc:
+                # A value protobuf cannot carry: a bug in that group's sender. Built here, in
+                # the link's task, it must not end the link for every group: the message is
+                # dropped, and its group stops (as the runtime stops a group for any error of
+                # its own) instead of resending it forever.
                 del messages[built:]  # it may be half built (an entry failed)
-                self._log.error(
-                    "peer_message_unencodable",
-                    peer_id=peer_id,
-                    group_id=item.group_id,
-                    type=item.message.type.name,
-                    error=str(exc),
-                )
-                self.dropped_messages += 1
-                self._on_unreachable(peer_id, {item.group_id})
+                failed.append(item)
+                self._message_failed(peer_id, item, exc)
+        if failed:
+            gone = {id(item) for item in failed}
+            out.items = [item for item in out.items if id(item) not in gone]  # counted once
         return batch
+
+    def _message_failed(self, peer_id: int, item: _Item, exc: Exception) -> None:
+        self._log.error(
+            "peer_message_unencodable",
+            peer_id=peer_id,
+            group_id=item.group_id,
+            type=str(getattr(item.message, "type", "?")),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        self.dropped_messages += 1
+        if self._on_message_failed is not None:
+            self._on_message_failed(item.group_id, exc)
+        else:
+            self._on_unreachable(peer_id, {item.group_id})
 
     def _discard_outbox(self, peer: _Peer, reason: str) -> None:
         lost = list(peer.outbox)

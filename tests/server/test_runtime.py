@@ -222,6 +222,29 @@ def test_a_state_machine_invariant_error_stops_one_group_and_the_turn_goes_on() 
     run(body)
 
 
+def test_fail_group_stops_one_group_from_outside_its_turn() -> None:
+    """The transport reports a message it could not encode through ``fail_group`` (not in a
+    turn): that group stops like any other failed group, the others keep committing, and an
+    unknown group id is ignored."""
+
+    async def body() -> None:
+        rt, ex = make_runtime()
+        a, _la, rep_a = add_single_voter_group(rt, 10)
+        b, _lb, rep_b = add_single_voter_group(rt, 11)
+        await settle(rt, ex)
+        error = ValueError("Value out of range: -1")
+        rt.fail_group(10, error)
+        rt.fail_group(99, error)
+        assert a.failed is error and rep_a.stopped is error
+        assert rt.failed_groups() == {10: error}
+        b.node.propose(b"after")
+        rt.touch(11)
+        await settle(rt, ex)
+        assert data_entries(rep_b) == [b"after"]
+
+    run(body)
+
+
 def test_a_failed_disk_write_acknowledges_nothing() -> None:
     """Guards #12 defect 12: an OSError from log.append escaped the turn, the group was not
     marked failed, and a later Ready with no entries was reported persisted at once, releasing

@@ -309,6 +309,31 @@ def test_a_message_protobuf_cannot_carry_is_dropped_without_ending_the_link() ->
     run(body)
 
 
+def test_a_message_that_cannot_be_encoded_stops_its_group_through_the_callback() -> None:
+    """With ``on_message_failed`` wired (the broker wires it to ``Runtime.fail_group``) the group
+    whose message cannot be encoded is stopped, not told "unreachable" (which would make Raft
+    resend the same message forever); the message counts once as dropped."""
+
+    async def body() -> None:
+        net = FakeNetwork()
+        failed: list[tuple[int, str]] = []
+        h = Harness(
+            net, on_message_failed=lambda gid, exc: failed.append((gid, type(exc).__name__))
+        )
+        bad = Message(MessageType.APP, to=2, from_=1, term=3, index=-1)
+        h.transport.enqueue(8, bad)
+        h.transport.enqueue(9, heartbeat())
+        h.transport.flush()
+        await net.until(lambda: len(net.batches()) == 1)
+        assert [m.group_id for m in net.batches()[0].messages] == [9]
+        assert failed == [(8, "ValueError")]
+        assert h.unreachable == []
+        assert h.transport.dropped_messages == 1
+        await h.transport.close()
+
+    run(body)
+
+
 def test_keepalive_only_on_idle_links() -> None:
     async def body() -> None:
         net = FakeNetwork()
