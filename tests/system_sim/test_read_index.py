@@ -11,6 +11,7 @@ read covers every append acknowledged before it began; and a quiesced group wake
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -139,7 +140,8 @@ async def _scenario() -> dict[str, Any]:
     return out
 
 
-def test_linearizable_list_offsets_never_answers_from_a_cut_off_leader() -> None:
+def _run_quietly(scenario: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """One scenario on the virtual loop, with the brokers' logs at ERROR only."""
     old = structlog.get_config()
     structlog.configure(
         processors=[structlog.processors.KeyValueRenderer()],
@@ -147,9 +149,13 @@ def test_linearizable_list_offsets_never_answers_from_a_cut_off_leader() -> None
         logger_factory=structlog.ReturnLoggerFactory(),
     )
     try:
-        out = simloop.run(_scenario, max_virtual_s=300.0, max_steps=3_000_000)
+        return simloop.run(scenario, max_virtual_s=300.0, max_steps=3_000_000)
     finally:
         structlog.configure(**old)
+
+
+def test_linearizable_list_offsets_never_answers_from_a_cut_off_leader() -> None:
+    out = _run_quietly(_scenario)
     # A linearizable high watermark covers every append acknowledged before the read (the
     # leader's no-op entries take offsets too, so it may lie beyond the last record).
     assert out["healthy"] >= out["a"] + 1, out
@@ -252,20 +258,7 @@ def test_without_read_index_a_leader_only_read_goes_stale_and_with_it_does_not()
         return None
 
     def run(with_read_index: bool) -> dict[str, Any]:
-        old = structlog.get_config()
-        structlog.configure(
-            processors=[structlog.processors.KeyValueRenderer()],
-            wrapper_class=structlog.make_filtering_bound_logger(40),
-            logger_factory=structlog.ReturnLoggerFactory(),
-        )
-        try:
-            return simloop.run(
-                lambda: _deposed_leader_read(with_read_index),
-                max_virtual_s=300.0,
-                max_steps=3_000_000,
-            )
-        finally:
-            structlog.configure(**old)
+        return _run_quietly(lambda: _deposed_leader_read(with_read_index))
 
     with RaftOptions(check_quorum=False).context():
         with swap(PartitionReplica, "read_barrier", no_barrier):
