@@ -330,7 +330,12 @@ class LeaderMixin:
         self.after_commit_changed()
         if self.role is not Role.LEADER:
             return
-        self.bcast_append()
+        if self.config.broadcast_commit:
+            self.bcast_append()
+        else:  # only where entries wait; the others learn it from the next append/heartbeat
+            for node_id in self.tracker.progress:
+                if node_id != self.id:
+                    self.maybe_send_append(node_id, False)
         if first_in_term:
             pending, self.pending_read_index = self.pending_read_index, []
             for m in pending:

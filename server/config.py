@@ -362,8 +362,11 @@ class RaftSection:
         _at_least("raft.max_inflight_bytes", self.max_inflight_bytes, 1)
         _at_least("raft.max_uncommitted_bytes", self.max_uncommitted_bytes, 1)
 
-    def to_raft_config(self, node_id: int, priority: int = 0) -> RaftConfig:
-        """The ``RaftConfig`` of one group member on this broker."""
+    def to_raft_config(
+        self, node_id: int, priority: int = 0, *, broadcast_commit: bool = True
+    ) -> RaftConfig:
+        """The ``RaftConfig`` of one group member on this broker (``broadcast_commit``: see
+        RaftConfig; the broker turns it off for partitions, whose followers serve no reads)."""
         return RaftConfig(
             node_id=node_id,
             election_ticks=self.election_ticks,
@@ -375,6 +378,7 @@ class RaftSection:
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
             priority=priority,
+            broadcast_commit=broadcast_commit,
         )
 
 

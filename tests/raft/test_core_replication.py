@@ -228,3 +228,82 @@ def test_report_unreachable_moves_replicate_to_probe() -> None:
     assert net.nodes[1].status().progress[2].state is ProgressState.REPLICATE
     net.nodes[1].report_unreachable(2)
     assert net.nodes[1].status().progress[2].state is ProgressState.PROBE
+
+
+# -- broadcast_commit: how followers learn a new commit index --------------------------------
+
+
+def _empty_appends(net: Network) -> list[Message]:
+    return [m for m in net.sent if m.type is MessageType.APP and not m.entries]
+
+
+def test_broadcast_commit_sends_an_empty_append_per_follower_when_commit_moves() -> None:
+    net = Network([1, 2, 3])  # etcd's behaviour, the default (the metadata group's)
+    net.elect(1)
+    net.sent.clear()
+    net.nodes[1].propose(b"a")
+    net.stabilize()
+    commit = net.nodes[1].status().commit
+    told = {m.to for m in _empty_appends(net) if m.commit == commit}
+    assert told == {2, 3}
+    for node_id in (2, 3):  # learned at once, without a tick
+        assert net.data_applied(node_id) == [b"a"]
+
+
+def test_without_broadcast_commit_followers_learn_commit_from_the_next_heartbeat() -> None:
+    net = Network([1, 2, 3], broadcast_commit=False)  # the partitions' setting
+    net.elect(1)
+    net.stabilize()
+    net.tick_all(1)  # settle the election's own commit first
+    net.sent.clear()
+    net.nodes[1].propose(b"a")
+    net.stabilize()
+    commit = net.nodes[1].status().commit
+    assert net.data_applied(1)[-1:] == [b"a"]
+    assert _empty_appends(net) == []  # no extra message per write ...
+    for node_id in (2, 3):  # ... so the followers hold the entry, not yet known committed
+        assert net.nodes[node_id].status().commit < commit
+        assert b"a" not in net.data_applied(node_id)
+    net.tick(1, 1)  # one heartbeat round (heartbeat_ticks = 1) carries it
+    net.stabilize()
+    for node_id in (2, 3):
+        assert net.nodes[node_id].status().commit == commit
+        assert net.data_applied(node_id)[-1:] == [b"a"]
+
+
+def test_without_broadcast_commit_the_next_append_carries_the_commit() -> None:
+    net = Network([1, 2, 3], broadcast_commit=False)
+    net.elect(1)
+    net.stabilize()
+    net.tick_all(1)
+    net.nodes[1].propose(b"a")
+    net.stabilize()
+    first_commit = net.nodes[1].status().commit
+    net.sent.clear()
+    net.nodes[1].propose(b"b")  # a steady stream: the next write tells the followers
+    net.process(1)
+    carried = [m for m in net.sent if m.type is MessageType.APP and m.entries]
+    assert {m.to for m in carried} == {2, 3}
+    assert all(m.commit == first_commit for m in carried)
+    net.deliver()
+    net.process_all()
+    for node_id in (2, 3):
+        assert b"a" in net.data_applied(node_id)
+
+
+def test_without_broadcast_commit_a_lagging_follower_still_gets_its_entries_on_commit() -> None:
+    """Commit moving must still send entries to a follower that has some waiting (only the
+    empty append is left out)."""
+    net = Network([1, 2, 3], broadcast_commit=False, max_inflight_msgs=1)
+    net.elect(1)
+    net.stabilize()
+    net.tick_all(1)
+    net.isolate(3)
+    net.nodes[1].propose(b"a")
+    net.stabilize()
+    net.nodes[1].propose(b"b")
+    net.stabilize()
+    net.heal()
+    net.tick_all(3)  # heartbeats: 3 answers, the leader probes and catches it up
+    assert net.data_applied(3)[-2:] == [b"a", b"b"]
+    assert net.nodes[3].status().commit == net.nodes[1].status().commit

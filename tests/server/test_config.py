@@ -98,8 +98,10 @@ def test_raft_section_defaults_are_raft_configs() -> None:
     raft_fields = {f.name: f for f in dataclasses.fields(RaftConfig)}
     section_fields = {f.name: f for f in dataclasses.fields(RaftSection)}
     runtime_only = {"tick_ms", "quiesce"}
-    per_node = {"node_id", "priority"}
-    assert set(section_fields) - runtime_only == set(raft_fields) - per_node
+    # chosen per group by the broker: who it is, its priority, and (by the group's kind)
+    # how followers learn the commit index
+    per_group = {"node_id", "priority", "broadcast_commit"}
+    assert set(section_fields) - runtime_only == set(raft_fields) - per_group
     for name in set(section_fields) - runtime_only:
         assert section_fields[name].default == raft_fields[name].default, name
     built = RaftSection().to_raft_config(node_id=3, priority=2)
@@ -119,10 +121,11 @@ def test_to_raft_config_carries_every_value() -> None:
     )
     built = section.to_raft_config(node_id=4)
     for f in dataclasses.fields(RaftConfig):
-        expected = {"node_id": 4, "priority": 0}.get(f.name)
+        expected = {"node_id": 4, "priority": 0, "broadcast_commit": True}.get(f.name)
         if expected is None:
             expected = getattr(section, f.name)
         assert getattr(built, f.name) == expected, f.name
+    assert not section.to_raft_config(node_id=4, broadcast_commit=False).broadcast_commit
 
 
 def test_sections_are_frozen() -> None:

@@ -49,6 +49,9 @@ class SimOptions:
     heartbeat_ticks: int = 1
     pre_vote: bool = True
     check_quorum: bool = True
+    # False: followers learn a new commit index from the next append or heartbeat (the
+    # broker's partitions run so); runner.run_seed picks it by the seed's parity.
+    broadcast_commit: bool = True
     min_fsync_steps: int = 0
     max_fsync_steps: int = 3
     max_clock_skew: float = 0.3  # tick rate in [1 - skew, 1 + skew] ticks per step
@@ -131,6 +134,7 @@ class SimCluster:
             max_inflight_msgs=o.max_inflight_msgs,
             pre_vote=o.pre_vote,
             check_quorum=o.check_quorum,
+            broadcast_commit=o.broadcast_commit,
         )
 
     def _start(self, node: SimNode, storage: Any) -> None:

@@ -180,6 +180,10 @@ def run_seed(
         pre_vote=prof.pre_vote,
         check_quorum=prof.check_quorum,
         crash_after_vote_rate=prof.crash_after_vote_rate,
+        # Both ways a leader tells followers its commit index, half the seeds each: even
+        # seeds broadcast it at once (the metadata group), odd ones leave it to the next
+        # append or heartbeat (the partitions).
+        broadcast_commit=seed % 2 == 0,
     )
     if verbose and logger is None:
 
