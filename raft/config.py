@@ -45,8 +45,10 @@ class RaftConfig:
     ``heartbeat_ticks``), as Kafka followers learn the high watermark from their next fetch.
     Under a steady stream of writes that halves the messages per write (every write otherwise
     costs an empty append and its response per follower). Raft's safety never depends on when
-    a follower learns the commit index, only how soon it applies does; quiescence waits for the
-    heartbeats that carry it (server/runtime.py)."""
+    a follower learns the commit index, only how soon it applies does. A leader quiesces only
+    after two quiet heartbeat rounds, and a follower that still lacks the final commit index
+    (those heartbeats lost) does not go quiet: its election timeout wakes the group, whose
+    next heartbeat carries it (server/runtime.py)."""
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:

@@ -398,6 +398,14 @@ def groups_healthy(history: History, final: FinalState) -> list[str]:
                     f"group stuck: group {group_id} node {r.node_id} ({r.role}) holds up to "
                     f"index {r.last_index}; leader {leader.node_id} committed {leader.commit}"
                 )
+            elif r.commit < leader.commit:
+                # Holds the entries but never learned they are committed: partitions leave
+                # the commit index to the next append or heartbeat (RaftConfig
+                # broadcast_commit), so a group that went quiet too early would stay so.
+                found.append(
+                    f"group stuck: group {group_id} node {r.node_id} ({r.role}) knows commit "
+                    f"{r.commit}; leader {leader.node_id} committed {leader.commit}"
+                )
     return _capped(found, "groups_healthy")
 
 

@@ -208,9 +208,7 @@ def status(
 
 
 def test_groups_healthy() -> None:
-    ok = FinalState(
-        statuses=[status(1, "leader"), status(2, "follower", commit=4)], live_groups={9}
-    )
+    ok = FinalState(statuses=[status(1, "leader"), status(2, "follower")], live_groups={9})
     assert groups_healthy(History(), ok) == []
 
 
@@ -225,6 +223,12 @@ def test_groups_failed_or_stuck() -> None:
         statuses=[status(1, "leader"), status(2, "follower", last=3)], live_groups={9}
     )
     assert "holds up to index 3" in groups_healthy(History(), behind)[0]
+    # holds every entry but never learned the last commit (a group that went quiet early)
+    unaware = FinalState(
+        statuses=[status(1, "leader"), status(2, "follower", commit=4, applied=4)],
+        live_groups={9},
+    )
+    assert "knows commit 4" in groups_healthy(History(), unaware)[0]
     unapplied = FinalState(statuses=[status(1, "leader", applied=4)], live_groups={9})
     assert "applied 4" in groups_healthy(History(), unapplied)[0]
     missing = FinalState(live_groups={9})
