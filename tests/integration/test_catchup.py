@@ -64,7 +64,16 @@ def test_follower_behind_retention_catches_up_from_snapshot(cluster_factory) -> 
                 pb.TransferLeadershipRequest(topic="ret", partition=0, to_node=follower), timeout=10
             )
         assert r.leader == follower
-        offsets = await list_offsets(cluster, follower, "ret")
+        # The transfer answers once the target leads; until it has applied the first entry of
+        # its term it answers reads with a retriable LEADER_NOT_AVAILABLE.
+        answered: list[pb.ListOffsetsResponse] = []
+
+        async def serves() -> str | None:
+            answered.append(await list_offsets(cluster, follower, "ret"))
+            return None
+
+        await wait_until(serves, 10, f"node {follower} serves as the new leader", cluster)
+        offsets = answered[-1]
         assert offsets.high_watermark >= max(acked.values()) + 1
         start = offsets.log_start_offset
         assert start > 0
