@@ -41,8 +41,10 @@ returns, and nothing before.
   open, a commit above the recovered last index is clamped to it (``commit_clamped``).
 - A follower's snapshot (``apply_snapshot``): the in-memory log is reset at once; the next
   ``sync()`` writes the snapshot file durably *first*, and only then removes the old segments
-  (so a crash never leaves neither the old entries nor the snapshot). New segments created
-  meanwhile are fsynced after the snapshot in that same sync.
+  (so a crash never leaves neither the old entries nor the snapshot). Old segments that start
+  after the snapshot are removed at once (a suffix truncation: never committed, and left in
+  place they would follow the new segments as a gap once the snapshot is durable). New
+  segments created meanwhile are fsynced after the snapshot in that same sync.
 - A suffix truncation seals the segment it cuts and starts a new segment for the new entries,
   so new frames never overwrite old ones in place. When the cut removes entries a sync's ack
   mark covered, the segment's mark is lowered at once but its file is cut (ftruncate) only by
@@ -916,18 +918,32 @@ class DurableLog:
         return dropped
 
     def _reset_locked(self, index: int, term: int, *, after_snapshot: int | None) -> int:
-        """Drop every segment. With ``after_snapshot`` the files are removed only once the
-        snapshot at that index is durable (by ``sync()``); else at once (the caller fsyncs
-        the directory)."""
+        """Drop every segment. With ``after_snapshot`` the files of segments that start at or
+        before that index are removed only once the snapshot at that index is durable (by
+        ``sync()``); the others, and all of them without it, at once (the caller or the next
+        sync fsyncs the directory).
+
+        A segment starting after the snapshot holds only entries past it. The core installs a
+        snapshot only when its log lacks the snapshot's (index, term), so by log matching none
+        of them was ever committed: removing them at once is a plain suffix truncation, safe in
+        any crash order (as in ``_new_segment_locked``). Waiting for the snapshot is not: once
+        the snapshot file is durable (its own fsync_dir, or a ``save_snapshot`` meanwhile),
+        recovery restarts the log at the new segment starting right after it (the older ones
+        are covered) and an old, acknowledged segment after that one is a gap it must refuse
+        (StorageCorruption after a power loss between the snapshot's rename and the removal)."""
         removed = len(self._segments)
+        unlinked_now = False
         for segment in self._segments.values():
-            self._drop_segment_locked(segment, unlink=after_snapshot is None)
-            if after_snapshot is not None:
+            if after_snapshot is not None and segment.first_index <= after_snapshot:
+                self._drop_segment_locked(segment, unlink=False)
                 self._pending_unlinks[segment.path] = after_snapshot
+            else:
+                self._drop_segment_locked(segment, unlink=True)
+                unlinked_now = True
         self._segments.clear()
         self._dirty.clear()
         self._lru.clear()
-        if removed and after_snapshot is None:
+        if unlinked_now:
             self._dir_dirty = True
         self._base_index, self._base_term = index, term
         self._cache.clear()

@@ -17,7 +17,10 @@ fixes that followed it:
 5. a zero first page of a multi-page new segment (a torn write-back) is a header that never
    reached the disk, not corruption;
 6. a post-snapshot segment's mark raised before the snapshot is durable (a term mismatch):
-   dropped as never acknowledged.
+   dropped as never acknowledged;
+7. old acknowledged segments past an installed snapshot, left in place until after the
+   snapshot is durable, follow the new segment right after the snapshot as a gap: removed by
+   ``apply_snapshot`` at once.
 """
 
 from __future__ import annotations
@@ -630,4 +633,81 @@ def test_power_loss_writing_an_installed_snapshot_never_bricks_the_log(seed: int
         reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=600)
     except StorageCorruption as exc:
         pytest.fail(f"bricked: {exc}")
+    reopened.close()
+
+
+# -- 7. old segments past an installed snapshot, left until after it is durable ------------------
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_power_loss_after_an_installed_snapshot_is_durable_never_bricks_the_log(seed: int) -> None:
+    """Pre-existing (fails on 7a5b898 too). 1..12 (term 1) synced in segments 1, 6 and 11:
+    acknowledged, their marks sealed. The loop installs a leader's snapshot at 4 (term 2; the
+    log conflicts with it) and appends 5 (term 2): new segment 5. The next sync writes the
+    snapshot (temp, fsync, rename, fsync_dir: which also makes segment 5's directory entry
+    durable), and a torn power loss hits before the old segments' removal: segment 5's
+    header page may reach the disk. Recovery: segment 5 starts right after the snapshot, so
+    segment 1 (covered) is stale and dropped, but old segment 6 then follows segment 5 with a
+    gap (or a term mismatch) and an acknowledged mark: StorageCorruption. Nothing past 4 of
+    the old log was ever committed (it conflicts with the snapshot)."""
+    disk = _new_sim_disk(seed)
+    fs = _CrashAfterDirSyncs(disk, after=1)  # the snapshot file's fsync_dir
+    log = DurableLog(SIM_DIR, fs=fs, segment_bytes=9_000)  # type: ignore[arg-type]
+    log.append(_sim_entries(1, 13, 1, 1500))
+    log.sync()
+    assert [s.first_index for s in log.segments()] == [1, 6, 11]
+    log.apply_snapshot(Snapshot(SnapshotMetadata(4, 2, CONF), b"leader"))
+    log.append(_sim_entries(5, 6, 2, 150))
+    fs.armed = True
+    with pytest.raises(_PowerCut):
+        log.sync()
+    try:
+        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=9_000)
+    except StorageCorruption as exc:
+        pytest.fail(f"bricked: {exc}")
+    model = _Model()
+    model.written = {(e.index, e.term): (e, 1) for e in _sim_entries(1, 13, 1, 1500)}
+    model.written[(1, 1)] = (model.written[(1, 1)][0], 0)
+    model.written[(5, 2)] = (_sim_entries(5, 6, 2, 150)[0], 2)
+    _check_recovered(reopened, model)  # log matching: the old branch or the new one, not both
+    reopened.close()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_local_snapshot_over_an_install_in_flight_never_bricks_the_log(seed: int) -> None:
+    """The hypothesis example of scenario 2 that found it (seed 0 of this is that example):
+    1 (term 1), then 2..12 (term 2, a truncation) in segments 1, 2, 7, 12. Sync B makes them
+    durable; at B's 4th unlocked file operation the loop installs a leader's snapshot at 4
+    (term 3), and after B sealed segments 1 and 2, it appends 5 (new segment 5) and a worker
+    saves a local snapshot at 5 -- durable at once, with a directory fsync that also makes
+    segment 5's entry durable, while the old segments wait for the next sync to remove them.
+    A torn power loss at the next file operation: recovery restarts the log at segment 5
+    (the snapshot covers the older ones) and then finds old segment 7 after a gap, its mark
+    sealed by B: StorageCorruption."""
+    disk = _new_sim_disk(seed)
+    fs = _InterleavingFs(disk, crash_at=10**9, torn=True)
+    log = DurableLog(SIM_DIR, fs=fs, segment_bytes=9_000, conf_state=CONF)  # type: ignore[arg-type]
+    fs.log = log
+    log.append(_sim_entries(1, 3, 1, 150))
+    log.append(_sim_entries(2, 13, 2, 1500))
+    assert [s.first_index for s in log.segments()] == [1, 2, 7, 12]
+
+    def install() -> None:
+        log.apply_snapshot(Snapshot(SnapshotMetadata(4, 3, CONF), b"leader"))
+        fs.hook, fs.hook_at = local_snapshot, 4
+
+    def local_snapshot() -> None:
+        log.append(_sim_entries(5, 6, 3, 150))
+        log.save_snapshot(Snapshot(SnapshotMetadata(5, 3, CONF), b"local"))
+        fs._left = 1  # power loss (torn) at the next file operation
+
+    fs.hook, fs.hook_at = install, 4
+    with pytest.raises(_PowerCut):
+        log.sync()  # B
+    try:
+        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=9_000)
+    except StorageCorruption as exc:
+        pytest.fail(f"bricked: {exc}")
+    assert reopened.snapshot().metadata.index == 5
+    assert reopened.last_index() == 5
     reopened.close()
