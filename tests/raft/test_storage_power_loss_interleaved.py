@@ -20,7 +20,8 @@ fixes that followed it:
    dropped as never acknowledged;
 7. old acknowledged segments past an installed snapshot, left in place until after the
    snapshot is durable, follow the new segment right after the snapshot as a gap: removed by
-   ``apply_snapshot`` at once.
+   ``apply_snapshot`` at once, highest first (a journal commit between two of the unlinks
+   must not leave a gap either).
 """
 
 from __future__ import annotations
@@ -710,4 +711,60 @@ def test_local_snapshot_over_an_install_in_flight_never_bricks_the_log(seed: int
         pytest.fail(f"bricked: {exc}")
     assert reopened.snapshot().metadata.index == 5
     assert reopened.last_index() == 5
+    reopened.close()
+
+
+class _CommitBetweenUnlinks:
+    """SimFileSystem that, once ``armed``, makes the directory durable just before the second
+    ``unlink`` (a journal commit forced by another thread's fsync on a real filesystem; the
+    simulated disk otherwise reverts a directory's unsynced entries all together) and then
+    loses power (torn)."""
+
+    def __init__(self, disk: SimDisk) -> None:
+        self._fs = disk.mount()
+        self._disk = disk
+        self.armed = False
+        self.unlinks = 0
+
+    def __getattr__(self, name: str) -> object:
+        target = getattr(self._fs, name)
+        if not callable(target):
+            return target
+
+        def call(*args: object, **kwargs: object) -> object:
+            if self.armed and name == "unlink":
+                self.unlinks += 1
+                if self.unlinks == 2:
+                    self._fs.fsync_dir(str(SIM_DIR))
+                    self._disk.crash(torn=True)
+                    raise _PowerCut(name)
+            return target(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_power_loss_between_the_unlinks_of_an_install_never_bricks_the_log(seed: int) -> None:
+    """From the review of the fix above (helper-25): the install unlinks the old segments past
+    the snapshot at once; lowest first, a journal commit between two unlinks left segment 6
+    gone and segment 11 (sealed, acknowledged) in place after 1..5: a gap. Highest first, the
+    log recovers as the old log, shorter (the removed entries conflict with the snapshot, so
+    none was ever committed)."""
+    disk = _new_sim_disk(seed)
+    fs = _CommitBetweenUnlinks(disk)
+    log = DurableLog(SIM_DIR, fs=fs, segment_bytes=9_000)  # type: ignore[arg-type]
+    log.append(_sim_entries(1, 17, 1, 1500))
+    log.sync()
+    assert [s.first_index for s in log.segments()] == [1, 6, 11, 16]
+    fs.armed = True
+    with pytest.raises(_PowerCut):
+        log.apply_snapshot(Snapshot(SnapshotMetadata(4, 2, CONF), b"leader"))
+    try:
+        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=9_000)
+    except StorageCorruption as exc:
+        pytest.fail(f"bricked: {exc}")
+    assert reopened.first_index() == 1 and reopened.last_index() >= 5
+    assert reopened.entries(1, reopened.last_index() + 1) == _sim_entries(
+        1, reopened.last_index() + 1, 1, 1500
+    )
     reopened.close()
