@@ -176,6 +176,14 @@ def _new_sim_disk(seed: int) -> SimDisk:
     return disk
 
 
+def _reopen_or_fail(disk: SimDisk, segment_bytes: int) -> DurableLog:
+    """The log after the crash, failing the test if it refuses to open (a bricked log)."""
+    try:
+        return DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=segment_bytes)
+    except StorageCorruption as exc:
+        pytest.fail(f"bricked: {exc}")
+
+
 class _Model:
     """What Raft sees, what must survive, and every entry ever written (for log matching)."""
 
@@ -438,10 +446,7 @@ def test_power_loss_in_the_sync_after_a_snapshot_install_never_bricks_the_log(se
     fs.armed = True
     with pytest.raises(_PowerCut):
         log.sync()
-    try:
-        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=3_000)
-    except StorageCorruption as exc:
-        pytest.fail(f"bricked: {exc}")
+    reopened = _reopen_or_fail(disk, 3_000)
     assert reopened.snapshot().metadata.index == 20
     reopened.close()
 
@@ -464,10 +469,7 @@ def test_power_loss_after_a_compaction_never_bricks_the_log(seed: int) -> None:
     assert log.first_index() == 10
     with pytest.raises(_PowerCut):
         log.sync()  # the power loss hits at its first file operation
-    try:
-        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=3_000)
-    except StorageCorruption as exc:
-        pytest.fail(f"bricked: {exc}")
+    reopened = _reopen_or_fail(disk, 3_000)
     assert reopened.snapshot().metadata.index == 9
     reopened.close()
 
@@ -564,10 +566,7 @@ def test_torn_new_segment_with_zero_first_page_never_bricks_the_log(seed: int) -
     assert len(log.segments()) >= 2
     with pytest.raises(_PowerCut):
         log.sync()
-    try:
-        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=9_000)
-    except StorageCorruption as exc:
-        pytest.fail(f"bricked: {exc}")
+    reopened = _reopen_or_fail(disk, 9_000)
     reopened.close()
 
 
@@ -586,10 +585,7 @@ def test_power_loss_in_a_fresh_logs_first_sync_never_bricks_the_log(seed: int) -
     assert len(log.segments()) == 2
     with pytest.raises(_PowerCut):
         log.sync()
-    try:
-        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=2_500)
-    except StorageCorruption as exc:
-        pytest.fail(f"bricked: {exc}")
+    reopened = _reopen_or_fail(disk, 2_500)
     reopened.close()
 
 
@@ -630,10 +626,7 @@ def test_power_loss_writing_an_installed_snapshot_never_bricks_the_log(seed: int
     fs._fs.fsync = power_loss  # type: ignore[method-assign]  # C's first fsync: the snapshot's
     with pytest.raises(Exception):  # noqa: B017 -- whatever the dead mount raises
         log.sync()  # C
-    try:
-        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=600)
-    except StorageCorruption as exc:
-        pytest.fail(f"bricked: {exc}")
+    reopened = _reopen_or_fail(disk, 600)
     reopened.close()
 
 
@@ -662,10 +655,7 @@ def test_power_loss_after_an_installed_snapshot_is_durable_never_bricks_the_log(
     fs.armed = True
     with pytest.raises(_PowerCut):
         log.sync()
-    try:
-        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=9_000)
-    except StorageCorruption as exc:
-        pytest.fail(f"bricked: {exc}")
+    reopened = _reopen_or_fail(disk, 9_000)
     model = _Model()
     model.written = {(e.index, e.term): (e, 1) for e in _sim_entries(1, 13, 1, 1500)}
     model.written[(1, 1)] = (model.written[(1, 1)][0], 0)
@@ -705,10 +695,7 @@ def test_local_snapshot_over_an_install_in_flight_never_bricks_the_log(seed: int
     fs.hook, fs.hook_at = install, 4
     with pytest.raises(_PowerCut):
         log.sync()  # B
-    try:
-        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=9_000)
-    except StorageCorruption as exc:
-        pytest.fail(f"bricked: {exc}")
+    reopened = _reopen_or_fail(disk, 9_000)
     assert reopened.snapshot().metadata.index == 5
     assert reopened.last_index() == 5
     reopened.close()
@@ -759,10 +746,7 @@ def test_power_loss_between_the_unlinks_of_an_install_never_bricks_the_log(seed:
     fs.armed = True
     with pytest.raises(_PowerCut):
         log.apply_snapshot(Snapshot(SnapshotMetadata(4, 2, CONF), b"leader"))
-    try:
-        reopened = DurableLog(SIM_DIR, fs=disk.mount(), segment_bytes=9_000)
-    except StorageCorruption as exc:
-        pytest.fail(f"bricked: {exc}")
+    reopened = _reopen_or_fail(disk, 9_000)
     assert reopened.first_index() == 1 and reopened.last_index() >= 5
     assert reopened.entries(1, reopened.last_index() + 1) == _sim_entries(
         1, reopened.last_index() + 1, 1, 1500
