@@ -928,11 +928,11 @@ class DurableLog:
         of them was ever committed: removing them at once is a plain suffix truncation, safe in
         any crash order as long as it removes the highest first (as ``_truncate_suffix_locked``
         does: a journal commit between two unlinks must leave a shorter log, never a gap before
-        a sealed segment). Waiting for the snapshot is not: once
-        the snapshot file is durable (its own fsync_dir, or a ``save_snapshot`` meanwhile),
-        recovery restarts the log at the new segment starting right after it (the older ones
-        are covered) and an old, acknowledged segment after that one is a gap it must refuse
-        (StorageCorruption after a power loss between the snapshot's rename and the removal)."""
+        a sealed segment). Waiting for the snapshot is not: once the snapshot file is durable
+        (its own fsync_dir, or a ``save_snapshot`` meanwhile), recovery restarts the log at the
+        new segment starting right after it (the older ones are covered) and an old,
+        acknowledged segment after that one is a gap it must refuse (StorageCorruption after a
+        power loss between the snapshot's rename and the removal)."""
         removed = len(self._segments)
         unlinked_now = False
         for segment in reversed(self._segments.values()):  # highest first: see above
