@@ -661,6 +661,7 @@ def test_power_loss_after_an_installed_snapshot_is_durable_never_bricks_the_log(
     model.written[(1, 1)] = (model.written[(1, 1)][0], 0)
     model.written[(5, 2)] = (_sim_entries(5, 6, 2, 150)[0], 2)
     _check_recovered(reopened, model)  # log matching: the old branch or the new one, not both
+    assert reopened.snapshot().metadata.index == 4  # the crash came after its fsync_dir
     reopened.close()
 
 
