@@ -184,6 +184,33 @@ def _reopen_or_fail(disk: SimDisk, segment_bytes: int) -> DurableLog:
         pytest.fail(f"bricked: {exc}")
 
 
+class _FaultFs:
+    """A SimFileSystem whose every call first passes ``_before(name)``, which may cut the power
+    (raise _PowerCut); the subclasses say when."""
+
+    def __init__(self, disk: SimDisk) -> None:
+        self._fs = disk.mount()
+        self._disk = disk
+
+    def _before(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _cut(self, name: str) -> None:
+        self._disk.crash(torn=True)
+        raise _PowerCut(name)
+
+    def __getattr__(self, name: str) -> object:
+        target = getattr(self._fs, name)
+        if not callable(target):
+            return target
+
+        def call(*args: object, **kwargs: object) -> object:
+            self._before(name)
+            return target(*args, **kwargs)
+
+        return call
+
+
 class _Model:
     """What Raft sees, what must survive, and every entry ever written (for log matching)."""
 
@@ -397,34 +424,25 @@ def test_power_loss_anywhere_with_loop_calls_interleaved_into_sync(
 # -- 3. the gap rule has no counterpart for a gap between the snapshot and the first segment ------
 
 
-class _CrashAfterDirSyncs:
+class _CrashAfterDirSyncs(_FaultFs):
     """SimFileSystem that, once ``armed``, loses power (torn) at the first call after the
     ``after``-th ``fsync_dir``."""
 
     def __init__(self, disk: SimDisk, after: int) -> None:
-        self._fs = disk.mount()
-        self._disk = disk
+        super().__init__(disk)
         self._after = after
         self.armed = False
 
-    def __getattr__(self, name: str) -> object:
-        target = getattr(self._fs, name)
-        if not callable(target):
-            return target
-
-        def call(*args: object, **kwargs: object) -> object:
-            if self.armed:
-                if self._after < 0:
-                    raise _PowerCut(name)  # the process is dead
-                if self._after == 0:
-                    self._after = -1
-                    self._disk.crash(torn=True)
-                    raise _PowerCut(name)
-                if name == "fsync_dir":
-                    self._after -= 1
-            return target(*args, **kwargs)
-
-        return call
+    def _before(self, name: str) -> None:
+        if not self.armed:
+            return
+        if self._after < 0:
+            raise _PowerCut(name)  # the process is dead
+        if self._after == 0:
+            self._after = -1
+            self._cut(name)
+        if name == "fsync_dir":
+            self._after -= 1
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -524,30 +542,20 @@ def test_commit_index_never_points_at_entries_of_a_lost_truncation(hook_at: int)
 # -- 5. a new segment's zero header page before a written-back second page ------------------------
 
 
-class _CrashAtSync:
+class _CrashAtSync(_FaultFs):
     """SimFileSystem that loses power (torn) just before its ``nth`` fdatasync."""
 
     def __init__(self, disk: SimDisk, nth: int) -> None:
-        self._fs = disk.mount()
-        self._disk = disk
+        super().__init__(disk)
         self._left = nth
 
-    def __getattr__(self, name: str) -> object:
-        target = getattr(self._fs, name)
-        if not callable(target):
-            return target
-
-        def call(*args: object, **kwargs: object) -> object:
-            if self._left <= 0:
-                raise _PowerCut(name)  # the process is dead
-            if name == "fdatasync":
-                self._left -= 1
-                if self._left == 0:
-                    self._disk.crash(torn=True)
-                    raise _PowerCut(name)
-            return target(*args, **kwargs)
-
-        return call
+    def _before(self, name: str) -> None:
+        if self._left <= 0:
+            raise _PowerCut(name)  # the process is dead
+        if name == "fdatasync":
+            self._left -= 1
+            if self._left == 0:
+                self._cut(name)
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -702,33 +710,23 @@ def test_local_snapshot_over_an_install_in_flight_never_bricks_the_log(seed: int
     reopened.close()
 
 
-class _CommitBetweenUnlinks:
+class _CommitBetweenUnlinks(_FaultFs):
     """SimFileSystem that, once ``armed``, makes the directory durable just before the second
     ``unlink`` (a journal commit forced by another thread's fsync on a real filesystem; the
     simulated disk otherwise reverts a directory's unsynced entries all together) and then
     loses power (torn)."""
 
     def __init__(self, disk: SimDisk) -> None:
-        self._fs = disk.mount()
-        self._disk = disk
+        super().__init__(disk)
         self.armed = False
         self.unlinks = 0
 
-    def __getattr__(self, name: str) -> object:
-        target = getattr(self._fs, name)
-        if not callable(target):
-            return target
-
-        def call(*args: object, **kwargs: object) -> object:
-            if self.armed and name == "unlink":
-                self.unlinks += 1
-                if self.unlinks == 2:
-                    self._fs.fsync_dir(str(SIM_DIR))
-                    self._disk.crash(torn=True)
-                    raise _PowerCut(name)
-            return target(*args, **kwargs)
-
-        return call
+    def _before(self, name: str) -> None:
+        if self.armed and name == "unlink":
+            self.unlinks += 1
+            if self.unlinks == 2:
+                self._fs.fsync_dir(str(SIM_DIR))
+                self._cut(name)
 
 
 @pytest.mark.parametrize("seed", range(3))
